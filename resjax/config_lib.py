@@ -1,0 +1,93 @@
+"""Defaults shared by the files in configs/ (which are loaded by path and cannot import each
+other). A config file calls `default_config()`, edits what its experiment changes, and ends
+with `finalize(config, arg)`, which applies the `smoke` argument."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key resjax reads, with the ResNet paper's CIFAR-10 recipe as the values."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = 'cifar10'
+    c.dataset.data_dir = ''  # TFDS data_dir, or the root of an image folder.
+    c.dataset.augment = 'cifar'  # 'cifar' (pad 4, crop, flip) | 'imagenet' | 'none'
+    c.dataset.image_size = 224  # ImageNet-style datasets only: training crop size.
+    c.dataset.num_train_examples = 0  # 0 = all; else the first N (smoke runs).
+    c.dataset.num_classes = 10  # 'synthetic' only; real datasets know theirs.
+    c.dataset.image_shape = (32, 32, 3)  # 'synthetic' only.
+    c.dataset.shuffle_buffer = 16_384
+
+    c.model = ml_collections.ConfigDict()
+    c.model.family = 'cifar'  # 'cifar' (6n+2, 16/32/64) | 'imagenet' (18/34/50/101/152)
+    c.model.depth = 20
+    c.model.residual = True  # False: the plain counterpart, same layers, no shortcuts.
+    c.model.shortcut = 'identity_pad'  # (A) | 'projection' (B) | 'all_projection' (C)
+    c.model.norm = 'batch'  # 'batch' | 'none'
+    c.model.width = 1.0  # multiplies every stage width
+    c.model.preactivation = False  # He et al. 2016 "Identity Mappings" block
+    c.model.zero_init_last = False  # zero-init each block's last BN scale (Goyal et al. 2017)
+    c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; params stay float32
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 64_000
+    c.train.batch_size = 128  # global, over all devices and processes
+    c.train.eval_batch_size = 500
+    c.train.lr = 0.1
+    c.train.momentum = 0.9
+    c.train.nesterov = False
+    c.train.weight_decay = 1e-4
+    c.train.weight_decay_mode = 'l2'  # 'l2': added to the gradient (paper) | 'decoupled'
+    c.train.schedule = 'piecewise'  # 'piecewise' | 'cosine' | 'constant'
+    c.train.lr_boundaries = (0.5, 0.75)  # fractions of train.steps (paper: 32k, 48k of 64k)
+    c.train.lr_decay_factor = 0.1
+    c.train.warmup = 'linear'  # 'linear' ramp | 'constant' (paper's ResNet-110: lr/10)
+    c.train.warmup_steps = 0
+    c.train.log_every_steps = 100
+    c.train.eval_every_steps = 2_000
+    c.train.checkpoint_every_steps = 2_000
+    c.train.keep_checkpoints = 3
+    c.train.on_nonfinite = 'stop'  # 'stop' (exit 3) | 'skip' the update
+    c.train.allow_config_change = False  # resume even if model/dataset differ from the workdir
+
+    c.probes = ml_collections.ConfigDict()
+    c.probes.every_steps = 0  # per-layer signal probes; 0 = off
+    c.probes.hessian_every_steps = 0  # curvature probes; 0 = off
+    c.probes.hessian_iters = 20
+    c.probes.hessian_batch = 'current'  # 'current' | 'fixed'
+    c.probes.bn_mode = 'train'  # 'train' (batch stats, running stats untouched) | 'eval'
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = 'jit'  # 'jit' over a mesh of all devices | 'pmap'
+    c.parallel.sync_bn = False  # pmap only: BN statistics over all devices
+    return c
+
+
+def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the config argument: `smoke` shrinks the run to seconds on a CPU, keeping every
+    code path (eval, checkpoints, probes) on, like big_vision's `runlocal`."""
+    args = set((arg or '').split(',')) - {''}
+    unknown = args - {'smoke'}
+    if unknown:
+        raise ValueError(f'unknown config argument(s) {sorted(unknown)}; the only one is smoke')
+    if 'smoke' in args:
+        c = config
+        c.model.width = min(c.model.width, 0.25)
+        c.dataset.num_train_examples = 256
+        c.train.steps = 10
+        c.train.batch_size = 16
+        c.train.eval_batch_size = 64
+        c.train.warmup_steps = min(c.train.warmup_steps, 2)
+        c.train.log_every_steps = 2
+        c.train.eval_every_steps = 5
+        c.train.checkpoint_every_steps = 5
+        if c.dataset.augment == 'imagenet':
+            c.dataset.image_size = 64
+        c.probes.every_steps = c.probes.every_steps and 5
+        c.probes.hessian_every_steps = c.probes.hessian_every_steps and 5
+        c.probes.hessian_iters = min(c.probes.hessian_iters, 5)
+    return config

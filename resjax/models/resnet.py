@@ -1,0 +1,312 @@
+"""Plain and residual CNNs of He et al. 2015 ("Deep Residual Learning") as Flax linen modules.
+
+One module, `ResNet`, covers both families of the paper:
+
+- CIFAR family (§4.2): a 3x3 stem, three stages of `n` basic blocks with widths 16/32/64,
+  depth 6n+2. Its plain counterpart (`residual=False`) has exactly the same layers.
+- ImageNet family (§3.4, Table 1): a 7x7/2 stem and max-pool, four stages of basic (18/34) or
+  bottleneck (50/101/152) blocks with widths 64/128/256/512.
+
+Submodules are named so that a flattened parameter path sorts in forward order
+(`000_stem/conv`, `001_stage1_block1/conv1`, ..., `head/dense`): per-layer probes can plot a
+depth profile by sorting keys, with no lookup table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He et al. 2015 ("Delving Deep into Rectifiers") normal init, as the ResNet paper uses.
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+SHORTCUTS = ('identity_pad', 'projection', 'all_projection')
+NORMS = ('batch', 'none')
+
+# name -> (block kind, blocks per stage), ImageNet family (paper Table 1).
+IMAGENET_STAGES = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+
+
+class Norm(nn.Module):
+    """BatchNorm (PyTorch's defaults: momentum 0.1, eps 1e-5) or the identity.
+
+    In training mode the statistics are those of the batch this module sees: under `jax.jit`
+    with a sharded batch that is the global batch; under `pmap` it is the per-device batch
+    unless `axis_name` is set (synchronised BN).
+    """
+
+    kind: str = 'batch'
+    zero_init: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.kind == 'none':
+            return x
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            scale_init=nn.initializers.zeros if self.zero_init else nn.initializers.ones,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            name='bn',
+        )(x)
+
+
+def _observe(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
+    """Exposes `x` to the signal probes; a no-op unless the caller asks for them.
+
+    `sow` stores the activation in the 'intermediates' collection and `perturb` adds a zero
+    'perturbations' variable whose gradient is dLoss/dx (Flax's documented way to get
+    activation gradients). Both do nothing when their collection is not mutable/present, so the
+    ordinary train step pays nothing.
+    """
+    module.sow('intermediates', name, x)
+    return module.perturb(name, x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions; with `residual`, plus a shortcut (paper Fig. 2 / Fig. 3)."""
+
+    filters: int
+    strides: int = 1
+    residual: bool = True
+    shortcut: str = 'identity_pad'
+    norm: str = 'batch'
+    preactivation: bool = False
+    zero_init_last: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = lambda f, k, s, name: nn.Conv(
+            f,
+            (k, k),
+            (s, s),
+            padding=((k // 2, k // 2),) * 2,
+            use_bias=self.norm == 'none',
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name=name,
+        )
+        norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
+        strides = self.strides
+        if self.preactivation:
+            # He et al. 2016 ("Identity Mappings"): BN-ReLU-conv twice, nothing after the add.
+            y = nn.relu(norm('norm1')(x, train))
+            shortcut_in = y if _needs_projection(self, x) else x
+            y = conv(self.filters, 3, strides, 'conv1')(y)
+            y = nn.relu(_observe(self, 'response1', norm('norm2')(y, train)))
+            y = conv(self.filters, 3, 1, 'conv2')(y)
+            if self.residual:
+                y = y + _shortcut(self, shortcut_in, train, conv, norm)
+            return _observe(self, 'output', y)
+        y = conv(self.filters, 3, strides, 'conv1')(x)
+        y = nn.relu(_observe(self, 'response1', norm('norm1')(y, train)))
+        y = conv(self.filters, 3, 1, 'conv2')(y)
+        y = _observe(self, 'response2', norm('norm2', self.zero_init_last)(y, train))
+        if self.residual:
+            y = y + _shortcut(self, x, train, conv, norm)
+        return _observe(self, 'output', nn.relu(y))
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4); the ImageNet family's deeper block (paper Fig. 5)."""
+
+    filters: int
+    strides: int = 1
+    residual: bool = True
+    shortcut: str = 'projection'
+    norm: str = 'batch'
+    preactivation: bool = False
+    zero_init_last: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = lambda f, k, s, name: nn.Conv(
+            f,
+            (k, k),
+            (s, s),
+            padding=((k // 2, k // 2),) * 2,
+            use_bias=self.norm == 'none',
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name=name,
+        )
+        norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
+        out = self.filters * self.expansion
+        if self.preactivation:
+            y = nn.relu(norm('norm1')(x, train))
+            shortcut_in = y if _needs_projection(self, x) else x
+            y = conv(self.filters, 1, 1, 'conv1')(y)
+            y = nn.relu(_observe(self, 'response1', norm('norm2')(y, train)))
+            y = conv(self.filters, 3, self.strides, 'conv2')(y)
+            y = nn.relu(_observe(self, 'response2', norm('norm3')(y, train)))
+            y = conv(out, 1, 1, 'conv3')(y)
+            if self.residual:
+                y = y + _shortcut(self, shortcut_in, train, conv, norm, out)
+            return _observe(self, 'output', y)
+        y = conv(self.filters, 1, 1, 'conv1')(x)
+        y = nn.relu(_observe(self, 'response1', norm('norm1')(y, train)))
+        y = conv(self.filters, 3, self.strides, 'conv2')(y)
+        y = nn.relu(_observe(self, 'response2', norm('norm2')(y, train)))
+        y = conv(out, 1, 1, 'conv3')(y)
+        y = _observe(self, 'response3', norm('norm3', self.zero_init_last)(y, train))
+        if self.residual:
+            y = y + _shortcut(self, x, train, conv, norm, out)
+        return _observe(self, 'output', nn.relu(y))
+
+
+def _out_channels(block: nn.Module) -> int:
+    return block.filters * getattr(block, 'expansion', 1)
+
+
+def _needs_projection(block: nn.Module, x: jax.Array) -> bool:
+    changes_shape = block.strides != 1 or x.shape[-1] != _out_channels(block)
+    if block.shortcut == 'all_projection':
+        return True
+    return block.shortcut == 'projection' and changes_shape
+
+
+def _shortcut(block, x, train, conv, norm, out=None) -> jax.Array:
+    """The paper's shortcut options (§3.3): A zero-pads, B projects when shapes change, C always."""
+    out = out or block.filters
+    if _needs_projection(block, x):
+        y = conv(out, 1, block.strides, 'shortcut_conv')(x)
+        return y if block.preactivation else norm('shortcut_norm')(y, train)
+    if block.strides != 1:
+        # Option A: subsample by taking every other pixel (a 1x1 stride-2 identity) ...
+        x = x[:, :: block.strides, :: block.strides, :]
+    if x.shape[-1] != out:
+        # ... and zero-pad the new channels: no parameters, so plain and residual nets match.
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, out - x.shape[-1])))
+    return x
+
+
+class Stem(nn.Module):
+    """The first convolution (3x3 for CIFAR, 7x7/2 + 3x3/2 max-pool for ImageNet)."""
+
+    family: str
+    width: int
+    norm: str
+    preactivation: bool
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        k, s = (3, 1) if self.family == 'cifar' else (7, 2)
+        x = nn.Conv(
+            self.width,
+            (k, k),
+            (s, s),
+            padding='SAME',
+            use_bias=self.norm == 'none',
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name='conv',
+        )(x)
+        if not self.preactivation:
+            x = nn.relu(
+                _observe(
+                    self,
+                    'response',
+                    Norm(self.norm, False, self.axis_name, self.dtype, name='norm')(x, train),
+                )
+            )
+        if self.family == 'imagenet':
+            x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+        return _observe(self, 'output', x)
+
+
+class Head(nn.Module):
+    """Global average pooling and the classifier (after a final BN-ReLU for pre-activation)."""
+
+    num_classes: int
+    norm: str
+    preactivation: bool
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.preactivation:
+            x = nn.relu(Norm(self.norm, False, self.axis_name, self.dtype, name='norm')(x, train))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name='dense')(x)
+
+
+class ResNet(nn.Module):
+    """A plain or residual CNN; `residual=False` removes every shortcut and nothing else.
+
+    Input: NHWC images (any channel count, any spatial size >= 8). Output: float32 logits.
+    `dtype` is the compute dtype (e.g. bfloat16); parameters are always float32.
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int]
+    block: str = 'basic'
+    widths: Sequence[int] = (16, 32, 64)
+    family: str = 'cifar'
+    residual: bool = True
+    shortcut: str = 'identity_pad'
+    norm: str = 'batch'
+    preactivation: bool = False
+    zero_init_last: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+    block_boundary: Callable[[jax.Array], jax.Array] | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
+        x = x.astype(self.dtype)
+        stem_width = self.widths[0] if self.family == 'cifar' else 64
+        x = Stem(
+            self.family,
+            stem_width,
+            self.norm,
+            self.preactivation,
+            self.axis_name,
+            self.dtype,
+            name='000_stem',
+        )(x, train)
+        index = 1
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            for b in range(num_blocks):
+                name = f'{index:03d}_stage{stage + 1}_block{b + 1}'
+                x = block_cls(
+                    width,
+                    2 if stage > 0 and b == 0 else 1,
+                    self.residual,
+                    self.shortcut,
+                    self.norm,
+                    self.preactivation,
+                    self.zero_init_last,
+                    self.axis_name,
+                    self.dtype,
+                    name=name,
+                )(x, train)
+                if self.block_boundary is not None:
+                    x = self.block_boundary(x)
+                index += 1
+        x = Head(
+            self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
+        )(x, train)
+        return x.astype(jnp.float32)

@@ -1,0 +1,232 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop. Read it top to bottom."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from resjax import checkpoint, data, models, optim, parallel, steps, xla
+from resjax.metrics import MetricWriter, mean_metrics
+
+# Config keys whose change makes an existing workdir's checkpoints meaningless for this run.
+RESUME_CRITICAL = ('model', 'dataset.name', 'dataset.image_shape', 'dataset.num_classes')
+
+
+class ConfigError(ValueError):
+    """A config or workdir that cannot run; the message is one line naming the fix."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped because a loss or gradient was not finite (exit code 3)."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks everything that can be checked before building or compiling anything."""
+    try:
+        models.validate_model_config(config.model)
+        optim.learning_rate_schedule(config.train)
+        optim.create_optimizer(config.train)
+        parallel.check_batch_sizes(config.train.batch_size, config.train.eval_batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.dataset.name not in data.DATASETS:
+        raise ConfigError(
+            f'dataset.name={config.dataset.name!r} is unknown; use one of {data.DATASETS}'
+        )
+    if config.train.on_nonfinite not in ('stop', 'skip'):
+        raise ConfigError(f'train.on_nonfinite={config.train.on_nonfinite!r}; use stop or skip')
+    if config.parallel.mode != 'jit':
+        raise ConfigError(f'parallel.mode={config.parallel.mode!r} is not supported yet; use jit')
+    if config.train.steps <= 0:
+        raise ConfigError(f'train.steps={config.train.steps} must be positive')
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Creates the workdir and writes config.json; refuses a workdir from an incompatible run."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, '.write_test')
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f'workdir {workdir!r} is not writable ({e.strerror}); pick another'
+        ) from None
+    path = os.path.join(workdir, 'config.json')
+    new = json.loads(config.to_json_best_effort())
+    if os.path.exists(path) and not config.train.allow_config_change:
+        with open(path) as f:
+            old = json.load(f)
+        for key in RESUME_CRITICAL:
+            a, b = _get(old, key), _get(new, key)
+            if a != b:
+                raise ConfigError(
+                    f'workdir {workdir!r} holds a run with {key}={a}, this config has {b}; use '
+                    'another workdir or --config.train.allow_config_change=True'
+                )
+    if jax.process_index() == 0:
+        with open(path + '.tmp', 'w') as f:
+            json.dump(new, f, indent=2, sort_keys=True)
+        os.replace(path + '.tmp', path)
+
+
+def _get(tree: dict, dotted: str):
+    for k in dotted.split('.'):
+        tree = tree.get(k, {}) if isinstance(tree, dict) else None
+    return tree
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+    """Trains `config`'s model on its dataset, writing metrics and checkpoints to `workdir`.
+
+    Resumes from the latest checkpoint in `workdir` if there is one. Raises ConfigError for a
+    bad config or workdir (before compiling) and NonFiniteError if training diverged
+    (`train.on_nonfinite='stop'`); the last good checkpoint is kept.
+    """
+    # ----- Config, workdir -----------------------------------------------------------------
+    validate_config(config)
+    prepare_workdir(config, workdir)
+
+    # ----- Input -------------------------------------------------------------------------------
+    try:
+        dataset = data.create_dataset(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    logging.info(
+        'Dataset %s: %d train, %d eval examples of shape %s, %d classes',
+        dataset.name,
+        dataset.num_train,
+        dataset.num_eval,
+        dataset.image_shape,
+        dataset.num_classes,
+    )
+
+    # ----- Model and optimizer ------------------------------------------------------------
+    model = models.create_model(config.model, dataset.num_classes)
+    schedule = optim.learning_rate_schedule(config.train)
+    tx = optim.create_optimizer(config.train)
+    init = functools.partial(steps.create_train_state, model, tx, dataset.image_shape, config.seed)
+
+    # ----- Sharding: batch along 'data', state replicated ---------------------------------
+    mesh = parallel.create_mesh()
+    abstract_state = jax.eval_shape(init)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+    )
+
+    # ----- Checkpoint: resume or initialise -----------------------------------------------
+    manager = checkpoint.checkpoint_manager(workdir, config.train.keep_checkpoints)
+    if manager.latest_step() is not None:
+        state = checkpoint.restore(manager, abstract_state)
+        logging.info('Resumed from step %d of %s', int(state.step), workdir)
+    else:
+        state = xla.run_once(init, out_shardings=replicated)
+    start_step = int(jax.device_get(state.step))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info(
+        'Model %s-%d%s: %d parameters',
+        config.model.family,
+        config.model.depth,
+        '' if config.model.residual else ' (plain)',
+        num_params,
+    )
+
+    # ----- Compiled steps -------------------------------------------------------------------
+    train_step = jax.jit(
+        steps.make_train_step(model, tx, schedule, config.train.on_nonfinite), donate_argnums=0
+    )
+    eval_step = jax.jit(steps.make_eval_step(model))
+
+    def evaluate(state):
+        sums = None
+        for batch in dataset.eval_batches():
+            out = eval_step(state, parallel.shard_batch(batch, mesh))
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        sums = jax.device_get(sums)
+        return {
+            'eval/loss': sums['loss_sum'] / sums['count'],
+            'eval/accuracy': sums['correct'] / sums['count'],
+        }
+
+    def check_finite(state):
+        bad = int(jax.device_get(state.nonfinite_step))
+        if bad >= 0 and config.train.on_nonfinite == 'stop':
+            names = list(steps.per_layer(state.params, lambda x: 0))
+            raise NonFiniteError(
+                f'non-finite loss or gradient at step {bad} (first non-finite gradient in layer '
+                f'{names[int(state.nonfinite_layer)]}); last good checkpoint kept in {workdir}'
+            )
+
+    # ----- Loop -------------------------------------------------------------------------------
+    writer = MetricWriter(workdir, resume_step=start_step)
+    total = config.train.steps
+    train_rows, last_time, last_step = [], time.perf_counter(), start_step
+    batches = dataset.train_batches(start_step)
+    step = start_step
+    try:
+        while step < total:
+            batch = parallel.shard_batch(next(batches), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            train_rows.append(metrics)
+            if step == start_step + 1:
+                # The first step compiles: keep it out of steps/sec and the ETA.
+                jax.block_until_ready(metrics)
+                logging.info(
+                    'First step (compile + run) took %.1f s', time.perf_counter() - last_time
+                )
+                last_time, last_step = time.perf_counter(), step
+            is_last = step == total
+            if step % config.train.log_every_steps == 0 or is_last:
+                row = mean_metrics(train_rows)
+                now = time.perf_counter()
+                row['steps_per_sec'] = max(step - last_step, 1) / (now - last_time)
+                train_rows, last_time, last_step = [], now, step
+                check_finite(state)
+                writer.write(step, row)
+                eta = (total - step) / row['steps_per_sec']
+                logging.info(
+                    'step %d/%d | loss %.4f | acc %.3f | %.1f steps/s | ETA %s',
+                    step,
+                    total,
+                    row['train/loss'],
+                    row['train/accuracy'],
+                    row['steps_per_sec'],
+                    _format_seconds(eta),
+                )
+            if step % config.train.eval_every_steps == 0 or is_last:
+                row = evaluate(state)
+                writer.write(step, row)
+                logging.info(
+                    'step %d/%d | eval loss %.4f | eval acc %.4f',
+                    step,
+                    total,
+                    row['eval/loss'],
+                    row['eval/accuracy'],
+                )
+                last_time = time.perf_counter()  # Eval time is not training time.
+            if step % config.train.checkpoint_every_steps == 0 or is_last:
+                check_finite(state)
+                checkpoint.save(manager, state)
+        manager.wait_until_finished()
+    finally:
+        writer.close()
+        manager.close()
+    return state
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+        if seconds >= 3600
+        else (f'{seconds // 60}m{seconds % 60:02d}s')
+    )

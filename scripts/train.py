@@ -1,0 +1,41 @@
+"""Trains a plain or residual CNN: `python scripts/train.py --config configs/X.py --workdir W`.
+
+Exit codes: 0 done; 2 bad config, data or workdir (one line, before compiling); 3 stopped on a
+non-finite loss or gradient.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resjax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _quiet_orbax(record) -> bool:
+    # orbax logs every save at INFO; keep its warnings and errors only.
+    return 'orbax' not in record.pathname or record.levelno >= 30
+
+
+def main(argv):
+    logging.get_absl_handler().addFilter(_quiet_orbax)
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except train.NonFiniteError as e:
+        print(f'stopped: {e}', file=sys.stderr)
+        sys.exit(3)
+    logging.info('Done: %s', FLAGS.workdir)
+
+
+if __name__ == '__main__':
+    app.run(main)
