@@ -1,0 +1,40 @@
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from resjax import models, train
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')))
+
+
+def load(path, arg=None):
+    spec = importlib.util.spec_from_file_location('config_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize('arg', [None, 'smoke'])
+def test_config_files_validate(path, arg):
+    config = load(path, arg)
+    train.validate_config(config)
+    models.create_model(config.model, 10)
+    assert config.train.steps <= (10 if arg == 'smoke' else 10**7)
+    # Every config file documents the command that runs it (big_vision's habit).
+    with open(path) as f:
+        assert 'scripts/train.py --config configs/' + os.path.basename(path) in f.read()
+
+
+def test_smoke_keeps_every_code_path_on():
+    config = load(os.path.join(os.path.dirname(CONFIGS[0]), 'cifar10_resnet20.py'), 'smoke')
+    t = config.train
+    assert t.eval_every_steps < t.steps and t.checkpoint_every_steps < t.steps
+    assert 0 < config.probes.every_steps <= t.steps
+
+
+def test_unknown_config_argument_is_an_error():
+    with pytest.raises(ValueError, match='smoke'):
+        load(CONFIGS[0], 'smok')
