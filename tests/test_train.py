@@ -130,3 +130,35 @@ def test_weight_decay_modes(mode):
     assert np.isclose(u1['w'], -0.1 * 0.5 * 2.0)
     # l2: decay accumulates in the momentum buffer (u2 = u1 * 1.9); decoupled: it does not.
     assert np.isclose(u2['w'], u1['w'] * (1.9 if mode == 'l2' else 1.0))
+
+
+BLOCK_TENSORFLOW = """
+import sys
+
+# As if not installed: `import` raises ImportError, importlib.util.find_spec returns None.
+sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
+import jax
+jax.config.update('jax_disable_most_optimizations', True)
+from resjax import config_lib, train
+c = config_lib.default_config()
+c.dataset.name, c.dataset.augment = 'digits', 'none'
+c.model.depth, c.model.width = 8, 0.25
+c.train.steps = c.train.log_every_steps = c.train.eval_every_steps = 2
+c.train.checkpoint_every_steps, c.train.batch_size, c.train.eval_batch_size = 2, 16, 120
+train.train_and_evaluate(c, sys.argv[1])
+assert not any(m.startswith('tensorflow') for m, v in sys.modules.items() if v)
+print('OK')
+"""
+
+
+def test_digits_training_needs_no_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, '-c', BLOCK_TENSORFLOW, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith('OK'), out.stderr[-2000:]
