@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resjax.probes import signals
+
 PyTree = Any
 
 
@@ -58,28 +60,48 @@ def create_train_state(
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy (nats), computed in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def layer_names(params: PyTree) -> list[str]:
-    """'/'-joined paths of the layers (dicts holding a 'kernel'), sorted = forward order."""
-    flat = flax.traverse_util.flatten_dict(params, sep='/')
-    return sorted(k.rsplit('/', 1)[0] for k in flat if k.endswith('/kernel'))
-
-
-def per_layer(params: PyTree, fn: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
-    """Applies `fn` to the concatenation of each layer's leaves (kernel, bias, BN scale/shift
-    belong to the layer that holds them: 'x/conv' and 'x/norm/bn' are separate layers)."""
-    flat = flax.traverse_util.flatten_dict(params, sep='/')
-    groups: dict[str, list[jax.Array]] = {}
-    for path, leaf in flat.items():
-        groups.setdefault(path.rsplit('/', 1)[0], []).append(leaf)
-    return {k: fn(v) for k, v in sorted(groups.items())}
+    """Per-example softmax cross-entropy (nats), computed in float32 (or float64 logits' own)."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def _all_finite(leaves: list[jax.Array]) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def perturbation_zeros(model: nn.Module, images: jax.Array) -> PyTree:
+    """Zeros shaped like the activations the model exposes to `perturb` for these images
+    (traced at compile time only: no runtime cost)."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)[
+        'perturbations'
+    ]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def loss_and_grads(
+    model: nn.Module, params: PyTree, batch_stats: PyTree, batch: dict, probes: bool = False
+) -> tuple[jax.Array, jax.Array, PyTree, PyTree, PyTree]:
+    """One training-mode forward and backward pass of the mean cross-entropy.
+
+    Returns (loss, logits, new_variables, dL/dparams, dL/dactivations). `new_variables` holds
+    the updated 'batch_stats' and, with `probes`, the sown 'intermediates'; the activation
+    gradients (w.r.t. the model's zero 'perturbations') are {} without `probes`.
+    """
+
+    def loss_fn(params, perturbations):
+        variables = {'params': params, 'batch_stats': batch_stats}
+        mutable = ['batch_stats']
+        if probes:
+            variables['perturbations'] = perturbations
+            mutable.append('intermediates')
+        logits, new_vars = model.apply(variables, batch['image'], train=True, mutable=mutable)
+        return jnp.mean(cross_entropy(logits, batch['label'])), (logits, new_vars)
+
+    perturbations = perturbation_zeros(model, batch['image']) if probes else {}
+    (loss, (logits, new_vars)), (grads, act_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True
+    )(params, perturbations)
+    return loss, logits, new_vars, grads, act_grads
 
 
 def make_train_step(
@@ -88,6 +110,7 @@ def make_train_step(
     schedule: optax.Schedule,
     on_nonfinite: str = 'stop',
     axis_name: str | None = None,
+    probes: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns `train_step(state, batch) -> (state, metrics)`, pure and un-jitted.
 
@@ -96,28 +119,25 @@ def make_train_step(
     loss and gradients are averaged over devices. A non-finite loss or gradient never reaches
     the parameters: the update is skipped and recorded in the state (`on_nonfinite='stop'`
     makes the loop stop at its next check; 'skip' counts and continues).
+
+    With `probes`, the same gradient call also differentiates w.r.t. zero perturbations of
+    the activations and returns the sown activations, so the step additionally reports the
+    per-layer signals of `resjax.probes.signals` for the parameters *before* this update
+    (the update itself is unchanged: probes never change training).
     """
 
-    def loss_fn(params, batch_stats, batch):
-        logits, new_vars = model.apply(
-            {'params': params, 'batch_stats': batch_stats},
-            batch['image'],
-            train=True,
-            mutable=['batch_stats'],
-        )
-        loss = jnp.mean(cross_entropy(logits, batch['label']))
-        return loss, (logits, new_vars.get('batch_stats', {}))
-
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
+        loss, logits, new_vars, grads, act_grads = loss_and_grads(
+            model, state.params, state.batch_stats, batch, probes
+        )
+        batch_stats = new_vars.get('batch_stats', {})
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
         if axis_name is not None:
             loss, accuracy, grads = jax.lax.pmean((loss, accuracy, grads), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        layer_finite = jnp.stack(list(per_layer(grads, _all_finite).values()))
+        layer_finite = jnp.stack([_all_finite(v) for v in signals.group_by_layer(grads).values()])
         finite = jnp.isfinite(loss) & jnp.all(layer_finite)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         first_bad = (state.nonfinite_step < 0) & ~finite
@@ -134,10 +154,20 @@ def make_train_step(
             'train/loss': loss,
             'train/accuracy': accuracy,
             'lr': schedule(state.step),
-            'grad_norm/global': optax.tree.norm(grads),
+            'train/grad_norm': optax.tree.norm(grads),
         }
         if on_nonfinite == 'skip':
             metrics['train/skipped_steps'] = new_state.skipped_steps
+        if probes:
+            probe = signals.weight_signals(state.params, grads, updates)
+            probe.update(
+                signals.activation_signals(
+                    new_vars['intermediates'], act_grads, model.preactivation
+                )
+            )
+            probe['grad_norm/global'] = metrics['train/grad_norm']
+            probe['probe/loss'] = loss
+            metrics = {'train': metrics, 'probes': probe}
         return new_state, metrics
 
     return train_step

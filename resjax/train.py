@@ -14,6 +14,7 @@ from absl import logging
 
 from resjax import checkpoint, data, models, optim, parallel, steps, xla
 from resjax.metrics import MetricWriter, mean_metrics
+from resjax.probes import signals
 
 # Config keys whose change makes an existing workdir's checkpoints meaningless for this run.
 RESUME_CRITICAL = ('model', 'dataset.name', 'dataset.image_shape', 'dataset.num_classes')
@@ -140,9 +141,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     )
 
     # ----- Compiled steps -------------------------------------------------------------------
-    train_step = jax.jit(
-        steps.make_train_step(model, tx, schedule, config.train.on_nonfinite), donate_argnums=0
+    # Two compiled variants chosen by the loop: probes are not paid for on ordinary steps.
+    make_step = functools.partial(
+        steps.make_train_step, model, tx, schedule, config.train.on_nonfinite
     )
+    train_step = jax.jit(make_step(), donate_argnums=0)
+    probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
+    probe_every = config.probes.every_steps
     eval_step = jax.jit(steps.make_eval_step(model))
 
     def evaluate(state):
@@ -159,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     def check_finite(state):
         bad = int(jax.device_get(state.nonfinite_step))
         if bad >= 0 and config.train.on_nonfinite == 'stop':
-            names = list(steps.per_layer(state.params, lambda x: 0))
+            names = list(signals.group_by_layer(state.params))
             raise NonFiniteError(
                 f'non-finite loss or gradient at step {bad} (first non-finite gradient in layer '
                 f'{names[int(state.nonfinite_layer)]}); last good checkpoint kept in {workdir}'
@@ -174,7 +179,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     try:
         while step < total:
             batch = parallel.shard_batch(next(batches), mesh)
-            state, metrics = train_step(state, batch)
+            if probe_every and step % probe_every == 0:
+                state, metrics = probe_step(state, batch)
+                # Probes describe the parameters before this step's update: logged at `step`.
+                writer.write(step, jax.device_get(metrics['probes']))
+                metrics = metrics['train']
+            else:
+                state, metrics = train_step(state, batch)
             step += 1
             train_rows.append(metrics)
             if step == start_step + 1:

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from resjax import config_lib, models, steps, xla
+from resjax import config_lib, models, xla
+from resjax.probes import signals
 
 
 def _model_config(**overrides):
@@ -67,7 +68,7 @@ def test_same_parameters_give_different_functions_with_and_without_shortcuts():
 
 def test_layer_names_sort_in_forward_order():
     _, v = _num_params(_model_config(depth=56))
-    names = steps.layer_names(v['params'])
+    names = signals.weight_layers(v['params'])
     assert names[0] == '000_stem/conv'
     assert names[1] == '001_stage1_block1/conv1'
     assert names[-1] == 'head/dense'

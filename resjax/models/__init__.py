@@ -10,7 +10,12 @@ from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 __all__ = ['ResNet', 'create_model', 'validate_model_config']
 
 FAMILIES = ('cifar', 'imagenet')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+DTYPES = {
+    'float32': jnp.float32,
+    'bfloat16': jnp.bfloat16,
+    'float16': jnp.float16,
+    'float64': jnp.float64,  # numerical tests only (needs jax_enable_x64)
+}
 
 
 def validate_model_config(model: ml_collections.ConfigDict) -> None:

@@ -216,7 +216,7 @@ class Stem(nn.Module):
             self.width,
             (k, k),
             (s, s),
-            padding='SAME',
+            padding=((k // 2, k // 2),) * 2,
             use_bias=self.norm == 'none',
             kernel_init=he_normal,
             dtype=self.dtype,
@@ -277,10 +277,9 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
         x = x.astype(self.dtype)
-        stem_width = self.widths[0] if self.family == 'cifar' else 64
         x = Stem(
             self.family,
-            stem_width,
+            self.widths[0],
             self.norm,
             self.preactivation,
             self.axis_name,
@@ -309,4 +308,4 @@ class ResNet(nn.Module):
         x = Head(
             self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
         )(x, train)
-        return x.astype(jnp.float32)
+        return _observe(self, 'logits', x.astype(jnp.promote_types(self.dtype, jnp.float32)))

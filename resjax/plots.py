@@ -1,0 +1,139 @@
+"""Figures (matplotlib, Agg backend). Every figure is a PNG with its numbers beside it as JSON,
+so a figure can be redrawn and a number checked without re-running anything."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resjax.metrics import read_metrics  # noqa: E402
+from resjax.probes import signals  # noqa: E402
+
+# What each per-layer signal is, for axis labels.
+SIGNALS = {
+    'grad_norm': 'weight gradient norm ||dL/dW||',
+    'act_grad_norm': 'activation gradient norm ||dL/dh|| (block outputs)',
+    'act_std': 'response std (after BN, before ReLU)',
+    'gsc': 'gradient scale coefficient (Philipp et al. 2018)',
+    'update_ratio': '||update|| / ||W||',
+}
+
+
+def probe_rows(workdir: str) -> dict[int, dict[str, float]]:
+    """The per-layer probe rows of a run (rows holding `grad_norm/global`), by step."""
+    return {int(r['step']): r for r in read_metrics(workdir) if 'grad_norm/global' in r}
+
+
+def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
+    """`wanted` steps that exist (-1 = the last), or first, middle and last by default."""
+    if not available:
+        return []
+    if not wanted:
+        return sorted({available[0], available[len(available) // 2], available[-1]})
+    return sorted({available[-1] if s == -1 else s for s in wanted if s == -1 or s in available})
+
+
+def run_label(workdir: str) -> str:
+    """A short label from a workdir's config: 'ResNet-56', 'plain-56', '+ no BN'."""
+    try:
+        with open(os.path.join(workdir, 'config.json')) as f:
+            model = json.load(f)['model']
+        name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
+        return name + (' (no BN)' if model['norm'] == 'none' else '')
+    except (OSError, KeyError, ValueError):
+        return os.path.basename(os.path.normpath(workdir))
+
+
+def _save(fig, out_dir: str, name: str, numbers: dict) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name + '.png')
+    fig.savefig(path, dpi=120, bbox_inches='tight')
+    plt.close(fig)
+    with open(os.path.join(out_dir, name + '.json'), 'w') as f:
+        json.dump(numbers, f, indent=1)
+    return path
+
+
+def plot_profiles(
+    runs: dict[str, dict[int, dict[str, float]]],
+    signal: str,
+    steps: list[int] | None,
+    out_dir: str,
+) -> str:
+    """Per-layer profile of `signal` (log y, layer index in forward order on x): one colour
+    per run, one line style per step. Writes `<signal>_profile.png` and `.json`."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    styles = ['-', '--', ':', '-.']
+    numbers = {}
+    for color, (label, rows) in zip(plt.cm.tab10.colors, runs.items()):
+        for style, step in zip(styles * 10, pick_steps(sorted(rows), steps)):
+            layers, values = signals.profile(rows[step], signal)
+            if not layers:
+                continue
+            ax.semilogy(
+                range(len(values)),
+                values,
+                style,
+                color=color,
+                marker='.',
+                label=f'{label}, step {step}',
+            )
+            numbers[f'{label}@{step}'] = dict(zip(layers, values))
+    ax.set_xlabel('layer (forward order: input -> output)')
+    ax.set_ylabel(SIGNALS.get(signal, signal))
+    ax.set_title(f'{signal} per layer')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, f'{signal}_profile', numbers)
+
+
+def plot_heatmap(label: str, rows: dict[int, dict[str, float]], signal: str, out_dir: str) -> str:
+    """Layers x steps heatmap of log10 `signal` for one run."""
+    steps = sorted(rows)
+    layers, _ = signals.profile(rows[steps[0]], signal)
+    grid = np.array([[rows[s].get(f'{signal}/{layer}', np.nan) for s in steps] for layer in layers])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    im = ax.imshow(
+        np.log10(grid),
+        aspect='auto',
+        origin='lower',
+        cmap='viridis',
+        extent=(steps[0], steps[-1], -0.5, len(layers) - 0.5),
+    )
+    fig.colorbar(im, ax=ax, label=f'log10 {signal}')
+    ax.set_xlabel('step')
+    ax.set_ylabel('layer index (input at the bottom)')
+    ax.set_title(f'{label}: {signal}')
+    safe = label.replace(' ', '_').replace('(', '').replace(')', '')
+    return _save(
+        fig,
+        out_dir,
+        f'{signal}_heatmap_{safe}',
+        {'steps': steps, 'layers': layers, 'values': grid.tolist()},
+    )
+
+
+def plot_signals(workdirs: list[str], out_dir: str, steps: list[int] | None = None) -> list[str]:
+    """All signal figures for `workdirs`: profiles of weight gradients, activation
+    gradients and response std across runs, and a gradient-norm heatmap per run."""
+    runs = {}
+    for w in workdirs:
+        rows = probe_rows(w)
+        if not rows:
+            raise ValueError(
+                f'{w} has no probe rows in metrics.jsonl; train with --config.probes.every_steps=N'
+            )
+        label = run_label(w)
+        runs[label if label not in runs else w] = rows
+    paths = [
+        plot_profiles(runs, s, steps, out_dir)
+        for s in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc')
+    ]
+    paths += [plot_heatmap(label, rows, 'grad_norm', out_dir) for label, rows in runs.items()]
+    return paths

@@ -1,0 +1,138 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resjax import config_lib, data, models, steps, train, xla
+from resjax.probes import signals
+
+
+def _setup(depth=8, residual=True, norm='batch', width=0.5, n=32, **kw):
+    c = config_lib.default_config().model
+    c.update(depth=depth, residual=residual, norm=norm, width=width, **kw)
+    model = models.create_model(c, 10)
+    images, labels, _, _ = data.load_digits()
+    batch = {'image': jnp.asarray(images[:n]), 'label': jnp.asarray(labels[:n])}
+    init = functools.partial(model.init, train=False)
+    variables = xla.run_once(init, jax.random.PRNGKey(0), batch['image'][:1])
+    return model, variables, batch
+
+
+@functools.lru_cache
+def _probe_fn(model):
+    return jax.jit(lambda p, bs, b: steps.loss_and_grads(model, p, bs, b, probes=True))
+
+
+def _signals(model, variables, batch):
+    loss, logits, new_vars, grads, act_grads = _probe_fn(model)(
+        variables['params'], variables.get('batch_stats', {}), batch
+    )
+    out = signals.weight_signals(variables['params'], grads, grads)
+    out.update(signals.activation_signals(new_vars['intermediates'], act_grads))
+    return jax.device_get(out), grads, act_grads, logits, new_vars
+
+
+def test_per_layer_squared_gradient_norms_sum_to_the_global_one():
+    model, variables, batch = _setup(norm='none')  # every parameter is in a conv or dense layer
+    sig, grads, *_ = _signals(model, variables, batch)
+    _, per_layer = signals.profile(sig, 'grad_norm')
+    np.testing.assert_allclose(
+        np.sum(np.square(per_layer)), float(optax.tree.norm(grads)) ** 2, rtol=1e-5
+    )
+    # With BN, the BN layers carry the rest: all layers together give the global norm.
+    model, variables, batch = _setup()
+    _, grads, *_ = _signals(model, variables, batch)
+    norms = signals.layer_norms(grads)
+    assert any('norm' in k for k in norms)
+    np.testing.assert_allclose(
+        sum(float(v) ** 2 for v in norms.values()), float(optax.tree.norm(grads)) ** 2, rtol=1e-5
+    )
+
+
+def test_logit_gradients_are_softmax_minus_onehot_over_batch():
+    model, variables, batch = _setup()
+    _, _, act_grads, logits, _ = _signals(model, variables, batch)
+    expected = (jax.nn.softmax(logits) - jax.nn.one_hot(batch['label'], 10)) / len(logits)
+    np.testing.assert_allclose(act_grads['logits'], expected, atol=1e-7)
+
+
+def test_activation_gradients_match_finite_differences():
+    # Independent of reverse mode: inject eps * d at a block output through the model's
+    # 'perturbations' variables and difference the forward loss, in float64.
+    with jax.enable_x64(True):
+        model, variables, batch = _setup(norm='none', n=8, dtype='float64')
+        variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+        batch = {'image': batch['image'].astype(jnp.float64), 'label': batch['label']}
+        _, _, act_grads, _, _ = _signals(model, variables, batch)
+        zeros = steps.perturbation_zeros(model, batch['image'])
+
+        def loss_at(perturbations):
+            logits = model.apply(
+                {'params': variables['params'], 'perturbations': perturbations},
+                batch['image'],
+                train=True,
+            )
+            return jnp.mean(steps.cross_entropy(logits, batch['label']))
+
+        for block in ('000_stem', '002_stage2_block1'):
+            d = jax.random.normal(jax.random.PRNGKey(1), zeros[block]['output'].shape, jnp.float64)
+            at = lambda eps, b=block, d=d: loss_at({**zeros, b: {**zeros[b], 'output': eps * d}})
+            eps = 1e-5
+            fd = (at(eps) - at(-eps)) / (2 * eps)
+            analytic = jnp.vdot(act_grads[block]['output'], d)
+            np.testing.assert_allclose(fd, analytic, rtol=1e-6)
+
+
+def test_batchnorm_responses_have_unit_std_and_zero_mean():
+    model, variables, batch = _setup()
+    sig, *_ = _signals(model, variables, batch)
+    _, stds = signals.profile(sig, 'act_std')
+    _, means = signals.profile(sig, 'act_mean')
+    np.testing.assert_allclose(stds, 1.0, atol=1e-3)
+    np.testing.assert_allclose(means, 0.0, atol=1e-4)
+    _, zeros = signals.profile(sig, 'relu_zero')
+    assert all(0.2 < z < 0.8 for z in zeros)
+
+
+def test_gradient_scale_coefficient_definition():
+    model, variables, batch = _setup()
+    sig, *_ = _signals(model, variables, batch)
+    block = '001_stage1_block1'
+    expected = (sig[f'act_grad_norm/{block}'] * sig[f'act_norm/{block}']) / (
+        sig['act_grad_norm/logits'] * sig['act_norm/logits']
+    )
+    np.testing.assert_allclose(sig[f'gsc/{block}'], expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_known_physics_at_init_on_digits():
+    # Yang et al. 2019: BN plain nets' gradients explode towards the input; ResNets' stay flat.
+    ratio = {}
+    for residual in (False, True):
+        model, variables, batch = _setup(depth=56, residual=residual, width=1.0, n=256)
+        sig, *_ = _signals(model, variables, batch)
+        ratio[residual] = signals.first_last_ratio(sig)
+    assert ratio[False] > 20, ratio
+    assert ratio[True] < 10, ratio
+    # Without BN a deep plain net's forward signal and gradients vanish on these 8x8 images
+    # (zero padding at 2x2 resolution removes most of each 3x3 window's input).
+    model, variables, batch = _setup(depth=20, residual=False, norm='none', width=1.0, n=64)
+    sig, *_ = _signals(model, variables, batch)
+    _, stds = signals.profile(sig, 'act_std')
+    assert stds[-1] < 0.1 * stds[0]
+    assert signals.first_last_ratio(sig) < 0.5
+
+
+def test_probes_do_not_change_training(digits_config, tmp_path):
+    digits_config.train.steps = 4
+    digits_config.probes.every_steps = 0
+    off = train.train_and_evaluate(digits_config, str(tmp_path / 'off'))
+    digits_config.probes.every_steps = 1  # probe variant on every step
+    on = train.train_and_evaluate(digits_config, str(tmp_path / 'on'))
+    for a, b in zip(jax.tree.leaves(off.params), jax.tree.leaves(on.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(off.batch_stats), jax.tree.leaves(on.batch_stats), strict=True):
+        np.testing.assert_array_equal(a, b)  # BN statistics updated once per step, as without
