@@ -57,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.every_steps = 0  # per-layer signal probes; 0 = off
     c.probes.hessian_every_steps = 0  # curvature probes; 0 = off
-    c.probes.hessian_iters = 20
+    c.probes.hessian_iters = 20  # max power-iteration HVPs per probe (tol 1e-3, warm start)
+    c.probes.hessian_trace_samples = 0  # Hutchinson samples for hessian/trace; 0 = off
     c.probes.hessian_batch = 'current'  # 'current' | 'fixed'
     c.probes.bn_mode = 'train'  # 'train' (batch stats, running stats untouched) | 'eval'
 

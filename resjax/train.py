@@ -10,11 +10,12 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax.tree_utils as otu
 from absl import logging
 
 from resjax import checkpoint, data, models, optim, parallel, steps, xla
 from resjax.metrics import MetricWriter, mean_metrics
-from resjax.probes import signals
+from resjax.probes import hessian, signals
 
 # Config keys whose change makes an existing workdir's checkpoints meaningless for this run.
 RESUME_CRITICAL = ('model', 'dataset.name', 'dataset.image_shape', 'dataset.num_classes')
@@ -43,6 +44,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.train.on_nonfinite not in ('stop', 'skip'):
         raise ConfigError(f'train.on_nonfinite={config.train.on_nonfinite!r}; use stop or skip')
+    if config.probes.hessian_batch not in ('current', 'fixed'):
+        raise ConfigError(
+            f'probes.hessian_batch={config.probes.hessian_batch!r}; use current or fixed'
+        )
+    if config.probes.bn_mode not in hessian.BN_MODES:
+        raise ConfigError(
+            f'probes.bn_mode={config.probes.bn_mode!r}; use one of {hessian.BN_MODES}'
+        )
     if config.parallel.mode != 'jit':
         raise ConfigError(f'parallel.mode={config.parallel.mode!r} is not supported yet; use jit')
     if config.train.steps <= 0:
@@ -148,6 +157,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     train_step = jax.jit(make_step(), donate_argnums=0)
     probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
     probe_every = config.probes.every_steps
+    hessian_every = config.probes.hessian_every_steps
+    hessian_step = jax.jit(
+        functools.partial(
+            hessian.sharpness_probe,
+            model,
+            num_iters=config.probes.hessian_iters,
+            bn_mode=config.probes.bn_mode,
+            trace_samples=config.probes.hessian_trace_samples,
+        )
+    )
+    hessian_vec = otu.tree_random_like(jax.random.PRNGKey(config.seed + 1), state.params)
+    fixed_probe_batch = None
     eval_step = jax.jit(steps.make_eval_step(model))
 
     def evaluate(state):
@@ -179,6 +200,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     try:
         while step < total:
             batch = parallel.shard_batch(next(batches), mesh)
+            if hessian_every and step % hessian_every == 0:
+                if config.probes.hessian_batch == 'fixed':
+                    # The batch of step 0, whatever step this run started at: comparable probes.
+                    if fixed_probe_batch is None:
+                        first = next(dataset.train_batches(0))
+                        fixed_probe_batch = parallel.shard_batch(first, mesh)
+                    probe_batch = fixed_probe_batch
+                else:
+                    probe_batch = batch
+                row, hessian_vec = hessian_step(
+                    state.params,
+                    state.batch_stats,
+                    probe_batch,
+                    hessian_vec,
+                    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
+                )
+                row = jax.device_get(row)
+                row['hessian/two_over_lr'] = 2.0 / float(schedule(step))
+                writer.write(step, row)
             if probe_every and step % probe_every == 0:
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.
