@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -54,6 +56,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.parallel.mode != 'jit':
         raise ConfigError(f'parallel.mode={config.parallel.mode!r} is not supported yet; use jit')
+    for key in (
+        'batch_size',
+        'eval_batch_size',
+        'log_every_steps',
+        'eval_every_steps',
+        'checkpoint_every_steps',
+        'keep_checkpoints',
+    ):
+        if config.train[key] <= 0:
+            raise ConfigError(f'train.{key}={config.train[key]} must be positive')
     if config.train.steps <= 0:
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
 
@@ -197,6 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     train_rows, last_time, last_step = [], time.perf_counter(), start_step
     batches = dataset.train_batches(start_step)
     step = start_step
+    preempted = _PreemptionFlag()
     try:
         while step < total:
             batch = parallel.shard_batch(next(batches), mesh)
@@ -264,14 +277,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     row['eval/accuracy'],
                 )
                 last_time = time.perf_counter()  # Eval time is not training time.
-            if step % config.train.checkpoint_every_steps == 0 or is_last:
+            # SIGTERM here, or orbax's multi-host preemption sync point: save now and stop.
+            stop = preempted.is_set() or manager.reached_preemption(step)
+            if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
                 check_finite(state)
                 checkpoint.save(manager, state)
+            if stop and not is_last:
+                logging.warning(
+                    'Preempted: saved step %d in %s; rerun the same command to resume.',
+                    step,
+                    workdir,
+                )
+                break
         manager.wait_until_finished()
     finally:
+        preempted.restore()
         writer.close()
         manager.close()
     return state
+
+
+class _PreemptionFlag:
+    """Records SIGTERM (what TPU VMs and most schedulers send before killing a job) instead
+    of dying mid-step; the loop checks it once per step."""
+
+    def __init__(self):
+        self._set = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _format_seconds(seconds: float) -> str:

@@ -22,12 +22,34 @@ def _quiet_orbax(record) -> bool:
     return 'orbax' not in record.pathname or record.levelno >= 30
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag or unknown config key is one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        print(
+            f'error: bad flag or config override: {message} (config keys: README.md)',
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def main(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        config = FLAGS.config
+        config.seed  # noqa: B018  (forces the lazy load, so a missing file fails here)
+    except OSError as e:  # config_flags loads the file lazily
+        print(
+            f'error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}',
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
     except train.ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
@@ -38,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
