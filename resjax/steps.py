@@ -108,7 +108,6 @@ def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    on_nonfinite: str = 'stop',
     axis_name: str | None = None,
     probes: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -117,8 +116,8 @@ def make_train_step(
     BN runs in training mode on the batch; its running statistics are updated once. Gradients
     come from one explicit `jax.value_and_grad` of the mean loss. Under pmap (`axis_name` set),
     loss and gradients are averaged over devices. A non-finite loss or gradient never reaches
-    the parameters: the update is skipped and recorded in the state (`on_nonfinite='stop'`
-    makes the loop stop at its next check; 'skip' counts and continues).
+    the parameters: the update is skipped and recorded in the state (the loop then stops or
+    continues, as `train.on_nonfinite` says).
 
     With `probes`, the same gradient call also differentiates w.r.t. zero perturbations of
     the activations and returns the sown activations, so the step additionally reports the
@@ -156,8 +155,6 @@ def make_train_step(
             'lr': schedule(state.step),
             'train/grad_norm': optax.tree.norm(grads),
         }
-        if on_nonfinite == 'skip':
-            metrics['train/skipped_steps'] = new_state.skipped_steps
         if probes:
             probe = signals.weight_signals(state.params, grads, updates)
             probe.update(

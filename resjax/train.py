@@ -163,9 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
     # ----- Compiled steps -------------------------------------------------------------------
     # Two compiled variants chosen by the loop: probes are not paid for on ordinary steps.
-    make_step = functools.partial(
-        steps.make_train_step, model, tx, schedule, config.train.on_nonfinite
-    )
+    make_step = functools.partial(steps.make_train_step, model, tx, schedule)
     train_step = jax.jit(make_step(), donate_argnums=0)
     probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
     probe_every = config.probes.every_steps
@@ -255,6 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 row['steps_per_sec'] = max(step - last_step, 1) / (now - last_time)
                 train_rows, last_time, last_step = [], now, step
                 check_finite(state)
+                if config.train.on_nonfinite == 'skip':
+                    row['train/skipped_steps'] = int(jax.device_get(state.skipped_steps))
                 writer.write(step, row)
                 eta = (total - step) / row['steps_per_sec']
                 logging.info(

@@ -162,3 +162,26 @@ def test_digits_training_needs_no_tensorflow(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0 and out.stdout.strip().endswith('OK'), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize('mode', ['stop', 'skip'])
+def test_nonfinite_gradients_never_reach_the_parameters(digits_config, tmp_path, mode):
+    digits_config.model.norm = 'none'
+    digits_config.train.lr = 1e12  # diverges within a few steps
+    digits_config.train.on_nonfinite = mode
+    digits_config.train.steps = 8
+    digits_config.train.checkpoint_every_steps = 1
+    if mode == 'stop':
+        with pytest.raises(train.NonFiniteError, match=r'at step \d+ .*layer \S+/'):
+            train.train_and_evaluate(digits_config, str(tmp_path))
+    else:
+        state = train.train_and_evaluate(digits_config, str(tmp_path))
+        assert int(state.skipped_steps) > 0
+        rows = [r for r in read_metrics(str(tmp_path)) if 'train/skipped_steps' in r]
+        assert rows[-1]['train/skipped_steps'] == int(state.skipped_steps)
+    manager = checkpoint.checkpoint_manager(str(tmp_path), read_only=True)
+    assert manager.all_steps(), 'the last good checkpoints are kept'
+    for step in manager.all_steps():
+        restored = manager.restore(step)
+        for leaf in jax.tree.leaves(restored['params']):
+            assert np.all(np.isfinite(leaf)), f'non-finite parameters saved at step {step}'
