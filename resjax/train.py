@@ -168,14 +168,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
     probe_every = config.probes.every_steps
     hessian_every = config.probes.hessian_every_steps
-    hessian_step = jax.jit(
-        functools.partial(
-            hessian.sharpness_probe,
-            model,
-            num_iters=config.probes.hessian_iters,
-            bn_mode=config.probes.bn_mode,
-            trace_samples=config.probes.hessian_trace_samples,
-        )
+    hessian_step = hessian.make_sharpness_probe(
+        model,
+        config.probes.hessian_iters,
+        bn_mode=config.probes.bn_mode,
+        trace_samples=config.probes.hessian_trace_samples,
     )
     hessian_vec = otu.tree_random_like(jax.random.PRNGKey(config.seed + 1), state.params)
     fixed_probe_batch = None
@@ -227,7 +224,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     hessian_vec,
                     key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
                 )
-                row = jax.device_get(row)
                 row['hessian/two_over_lr'] = 2.0 / float(schedule(step))
                 writer.write(step, row)
             if probe_every and step % probe_every == 0:

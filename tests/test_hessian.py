@@ -43,11 +43,8 @@ def test_hvp_equals_dense_hessian_times_v(norm, bn_mode):
         hv = ravel_pytree(jax.jit(functools.partial(curvature.hvp, loss))(params, unravel(v)))[0]
         np.testing.assert_allclose(hv, h @ v, rtol=1e-8, atol=1e-10)
         # The sharpness probe's lambda_max is the algebraic top of the dense spectrum.
-        out, _ = jax.jit(
-            functools.partial(
-                hessian.sharpness_probe, model, num_iters=500, tol=1e-9, bn_mode=bn_mode
-            )
-        )(
+        probe = hessian.make_sharpness_probe(model, num_iters=500, tol=1e-9, bn_mode=bn_mode)
+        out, _ = probe(
             params,
             variables.get('batch_stats', {}),
             batch,

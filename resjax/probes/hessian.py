@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax.tree_utils as otu
 
 from resjax.probes import curvature
@@ -52,51 +53,81 @@ def mean_loss_fn(
     return loss
 
 
-def sharpness_probe(
+def make_sharpness_probe(
     model: nn.Module,
-    params: PyTree,
-    batch_stats: PyTree,
-    batch: dict,
-    v0: PyTree,
     num_iters: int = 20,
     tol: float = 1e-3,
     bn_mode: str = 'train',
     trace_samples: int = 0,
-    key: jax.Array | None = None,
-) -> tuple[dict[str, jax.Array], PyTree]:
-    """Sharpness of the mean loss at `params` on `batch`, warm-started from `v0`.
+) -> Callable[..., tuple[dict[str, float], PyTree]]:
+    """Returns `probe(params, batch_stats, batch, v0, key) -> (metrics, eigenvector)`.
 
-    Returns `({'hessian/lambda_max', 'hessian/grad_curvature', 'hessian/num_hvps'
-    [, 'hessian/trace', 'hessian/trace_stderr']}, eigenvector)`; pass the eigenvector back as
-    the next call's `v0`. lambda_max is ALGEBRAIC: power iteration finds the dominant
-    eigenvalue mu; if mu < 0 (negative curvature dominates), a second power iteration on
-    H - mu I finds the top of the spectrum (under `lax.cond`, so one compile serves both).
-    `grad_curvature` = g^T H g / g^T g, the curvature along the gradient of the same loss.
+    Sharpness of the mean loss at `params` on `batch`, warm-started from `v0` (pass the
+    returned eigenvector back in). Metrics: `hessian/lambda_max`, `hessian/grad_curvature`
+    (g^T H g / g^T g), `hessian/num_hvps` [, `hessian/trace`, `hessian/trace_stderr`
+    (Hutchinson, Rademacher)]. lambda_max is ALGEBRAIC: power iteration (PyHessian's rule:
+    stop when the Rayleigh quotient changes by < `tol` relative, at most `num_iters` HVPs)
+    finds the dominant eigenvalue mu; if mu < 0, a second one on H - mu I finds the top.
+
+    The iterations run on the host around ONE jitted HVP, not under `lax.while_loop`: on
+    XLA:CPU a convolution's gradient inside a loop body misses the fast Eigen path and one
+    HVP there cost ~50 standalone ones (measured, docs/notes.md). A scalar per iteration
+    crosses to the host; one compile serves every iteration and every probe.
     """
-    loss = mean_loss_fn(model, batch_stats, batch, bn_mode)
-    hvp_fn = curvature.make_hvp(loss, params)
-    mu, vec, n = curvature.power_iteration(hvp_fn, v0, num_iters, tol)
 
-    def top_of_spectrum(_):
-        shifted = lambda v: otu.tree_add_scale(hvp_fn(v), -mu, v)
-        # Start away from the dominant (negative) direction.
-        start = otu.tree_add_scale(
-            otu.tree_ones_like(v0), -otu.tree_vdot(vec, otu.tree_ones_like(v0)), vec
+    def loss_of(params, batch_stats, batch):
+        return mean_loss_fn(model, batch_stats, batch, bn_mode)
+
+    @jax.jit
+    def hvp_dot(params, batch_stats, batch, v, shift):
+        hv = curvature.hvp(loss_of(params, batch_stats, batch), params, v)
+        hv = otu.tree_add_scale(hv, -shift, v)
+        return hv, otu.tree_vdot(hv, v)
+
+    @jax.jit
+    def grad_curvature(params, batch_stats, batch):
+        loss = loss_of(params, batch_stats, batch)
+        return curvature.directional_curvature(
+            lambda v: curvature.hvp(loss, params, v), jax.grad(loss)(params)
         )
-        nu, top_vec, m = curvature.power_iteration(shifted, start, num_iters, tol)
-        return mu + nu, top_vec, n + m
 
-    lam, vec, n = jax.lax.cond(mu < 0, top_of_spectrum, lambda _: (mu, vec, n), None)
-    grad = jax.grad(loss)(params)
-    out = {
-        'hessian/lambda_max': lam,
-        'hessian/grad_curvature': curvature.directional_curvature(hvp_fn, grad),
-        'hessian/num_hvps': n + 1,
-    }
-    if trace_samples:
-        trace, stderr = curvature.hutchinson_trace(hvp_fn, key, params, trace_samples)
-        out['hessian/trace'], out['hessian/trace_stderr'] = trace, stderr
-    return out, vec
+    normalise = jax.jit(lambda v: otu.tree_scale(1.0 / otu.tree_norm(v), v))
+    deflate = jax.jit(lambda v, u: otu.tree_add_scale(v, -otu.tree_vdot(u, v), u))
+
+    def power(args, v, shift):
+        q_prev, n = None, 0
+        while n < num_iters:
+            v = normalise(v)
+            hv, q = hvp_dot(*args, v, shift)
+            q, n = float(q), n + 1
+            if q_prev is not None and abs(q - q_prev) / (abs(q_prev) + 1e-6) < tol:
+                break
+            q_prev, v = q, hv
+        return q, normalise(hv), n
+
+    def probe(params, batch_stats, batch, v0, key=None):
+        args = (params, batch_stats, batch)
+        mu, vec, n = power(args, v0, 0.0)
+        lam = mu
+        if mu < 0:  # Negative curvature dominates: find the top of the spectrum too.
+            start = deflate(otu.tree_ones_like(v0), vec)
+            nu, top, m = power(args, start, mu)
+            lam, vec, n = mu + nu, top, n + m
+        out = {
+            'hessian/lambda_max': lam,
+            'hessian/grad_curvature': float(grad_curvature(*args)),
+            'hessian/num_hvps': n + 1,
+        }
+        if trace_samples:
+            values = []
+            for k in jax.random.split(key, trace_samples):
+                z = otu.tree_random_like(k, params, sampler=jax.random.rademacher)
+                values.append(float(hvp_dot(*args, z, 0.0)[1]))
+            out['hessian/trace'] = float(np.mean(values))
+            out['hessian/trace_stderr'] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+        return out, vec
+
+    return probe
 
 
 def dataset_hvp_fn(

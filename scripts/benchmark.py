@@ -1,0 +1,470 @@
+"""Times resjax's train step (and optionally HVPs, the input pipeline, PyTorch) on synthetic data.
+
+  python scripts/benchmark.py --models resnet20,plain56 --batch 64,128 --json bench.json
+  python scripts/benchmark.py --models resnet20 --steps 5 --hvp --probes --torch --pipeline
+
+Model names: `resnet<depth>` / `plain<depth>`. Depths 18/34/50/101/152 are the ImageNet family
+(224x224x3, 1000 classes, option B shortcuts); any other 6n+2 depth is the CIFAR family
+(32x32x3, 10 classes, option A shortcuts). One device (jax.devices()[0]); SGD with momentum 0.9
+and weight decay 1e-4, lr 0.1, as the paper's CIFAR recipe.
+
+Each record (one per model, batch) holds the compile time of the jitted, state-donating train
+step (trace + lower + compile wall time) and the median / min / max over `--steps` individually
+timed steps after 2 warm-up steps. `--probes` adds the same for the train step with the
+per-layer signal probes (`steps.make_train_step(probes=True)`). `--hvp` adds one gradient vs
+one Hessian-vector product of the mean loss on the same batch (BatchNorm in train mode, running
+statistics not updated) and the train loop's sharpness probe (`hessian.make_sharpness_probe`:
+algebraic lambda_max by power iteration to relative tolerance 1e-3, at most `--max_hvps`
+HVPs plus one for the gradient curvature), timed after its compile. `--torch` adds the same CIFAR
+model in PyTorch eager (float32 only). `--pipeline` adds the images/sec of the digits and
+synthetic input pipelines (numpy batches; TFDS is not timed, it needs downloaded data).
+
+Exit codes: 0 done; 2 bad flags (one line, before anything compiles).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax.tree_utils as otu
+from absl import app, flags, logging
+
+from resjax import config_lib, data, models, optim, steps, xla
+from resjax.models.resnet import IMAGENET_STAGES
+from resjax.probes import curvature, hessian
+
+DEFAULT_MODELS = ['resnet20', 'plain20', 'resnet56', 'plain56', 'resnet110', 'plain110']
+WARMUP = 2
+LAMBDA_TOL = 1e-3
+MAX_HVPS = 20  # As the training probe's default budget, probes.hessian_iters.
+
+
+# ----- Model names ------------------------------------------------------------------------
+
+
+def model_config(name: str, dtype: str = 'float32'):
+    """`resnet56` / `plain34` -> (config with its `model` block set, image shape, classes).
+
+    Raises ValueError (one line) for a name that is not a model of either family.
+    """
+    match = re.fullmatch(r'(resnet|plain)(\d+)', name)
+    if not match:
+        raise ValueError(f'model {name!r} is not resnet<depth> or plain<depth>')
+    config = config_lib.default_config()
+    m = config.model
+    m.depth, m.residual, m.dtype = int(match[2]), match[1] == 'resnet', dtype
+    if m.depth in IMAGENET_STAGES:  # Before 6n+2: 50 and 152 are both.
+        m.family, m.shortcut = 'imagenet', 'projection'
+        shape, classes = (224, 224, 3), 1000
+    else:
+        m.family, shape, classes = 'cifar', (32, 32, 3), 10
+    try:
+        models.validate_model_config(m)
+    except ValueError as e:
+        raise ValueError(f'model {name!r}: {e}') from None
+    config.train.schedule = 'constant'
+    return config, shape, classes
+
+
+# ----- Timing -------------------------------------------------------------------------------
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = WARMUP) -> list[float]:
+    """Seconds of each of `n` calls of `fn` (blocked until ready), after `warmup` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def ms_stats(times: Sequence[float], prefix: str) -> dict[str, float]:
+    """{prefix: median ms, prefix_min: ..., prefix_max: ...}."""
+    ms = [1e3 * t for t in times]
+    return {prefix: statistics.median(ms), f'{prefix}_min': min(ms), f'{prefix}_max': max(ms)}
+
+
+def compile_timed(fn: Callable, *args):
+    """(`jax.jit`-compiled `fn` for `args`, trace + lower + compile wall seconds)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_train_step(model, tx, schedule, state, batch, num_steps: int, **step_kwargs):
+    """Compiles and times one train-step variant (`step_kwargs` go to steps.make_train_step).
+
+    The state is donated, as in training; returns (the state after the timed steps, record
+    fields).
+    """
+    step = jax.jit(steps.make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
+    compiled, compile_s = compile_timed(step, state, batch)
+    holder = [state]
+
+    def one_step():
+        holder[0], metrics = compiled(holder[0], batch)
+        return holder[0], metrics
+
+    times = time_calls(one_step, num_steps)
+    return holder[0], {'compile_s': compile_s, **ms_stats(times, 'step_ms')}
+
+
+def synthetic_batch(batch_size: int, shape, classes: int) -> dict:
+    """Gaussian images and uniform labels (fixed key): the benchmark's only data."""
+    key_x, key_y = jax.random.split(jax.random.PRNGKey(0))
+    return {
+        'image': jax.random.normal(key_x, (batch_size, *shape), jnp.float32),
+        'label': jax.random.randint(key_y, (batch_size,), 0, classes, jnp.int32),
+    }
+
+
+def time_curvature(model, state, batch, num_calls: int, max_hvps: int, log) -> dict:
+    """One gradient vs one HVP of the same loss (medians), and power iteration to LAMBDA_TOL.
+
+    `lambda_max` is the algebraic top eigenvalue from the train loop's sharpness probe.
+    """
+    # The probed loss of resjax.probes: mean cross-entropy, BN in train mode on this batch with
+    # its running statistics not updated.
+    loss_at = lambda batch_stats, batch: hessian.mean_loss_fn(model, batch_stats, batch, 'train')
+    key_v, key_power = jax.random.split(jax.random.PRNGKey(1))
+    # One compile for all leaves (eagerly, each leaf shape compiles: ~3 s for a ResNet-8).
+    v = xla.run_once(functools.partial(otu.tree_random_like, key_v), state.params)
+    args = (state.params, state.batch_stats, batch)
+
+    def grad(params, batch_stats, batch):
+        return jax.grad(loss_at(batch_stats, batch))(params)
+
+    grad_fn, grad_compile = compile_timed(jax.jit(grad), *args)
+    grad_times = time_calls(lambda: grad_fn(*args), num_calls)
+
+    def hvp(params, batch_stats, batch, v):
+        return curvature.hvp(loss_at(batch_stats, batch), params, v)
+
+    hvp_fn, hvp_compile = compile_timed(jax.jit(hvp), *args, v)
+    hvp_times = time_calls(lambda: hvp_fn(*args, v), num_calls)
+
+    grad_ms, hvp_ms = 1e3 * statistics.median(grad_times), 1e3 * statistics.median(hvp_times)
+    log(
+        f'  grad {grad_ms:.1f} ms, hvp {hvp_ms:.1f} ms '
+        f'(compiled in {grad_compile:.1f}, {hvp_compile:.1f} s)'
+    )
+    # The train loop's sharpness probe: host-driven power iteration around one jitted HVP.
+    probe = hessian.make_sharpness_probe(model, num_iters=max_hvps, tol=LAMBDA_TOL)
+    probe(*args, v)  # compiles
+    start = time.perf_counter()
+    out, _ = probe(*args, otu.tree_random_like(key_power, state.params))
+    power_s = time.perf_counter() - start
+    eig, num = out['hessian/lambda_max'], out['hessian/num_hvps']
+    return {
+        'grad_ms': grad_ms,
+        'hvp_ms': hvp_ms,
+        'hvp_over_grad': hvp_ms / grad_ms,
+        'lambda_max': float(eig),
+        'lambda_max_s': power_s,
+        'lambda_max_hvps': int(num),
+        # Includes one forward + backward pass (linearize); compare with hvp_ms.
+        'lambda_max_ms_per_hvp': 1e3 * power_s / int(num),
+    }
+
+
+def time_pipeline(dataset_name: str, batch_size: int, image_shape=None, num_batches: int = 20):
+    """Images/sec of a `resjax.data` in-memory pipeline's train_batches (numpy, host only)."""
+    config = config_lib.default_config()
+    config.dataset.name, config.dataset.augment = dataset_name, 'none'
+    config.train.batch_size = batch_size
+    if image_shape is not None:
+        config.dataset.image_shape = tuple(image_shape)
+        config.dataset.num_train_examples = max(batch_size, 64)  # 224x224 images are big.
+    batches = data.create_dataset(config, 0, 1).train_batches(0)
+    next(batches)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(batches)
+    return batch_size * num_batches / (time.perf_counter() - start)
+
+
+# ----- PyTorch reference ----------------------------------------------------------------------
+
+
+def torch_resnet_cifar(depth: int, residual: bool, num_classes: int = 10):
+    """The CIFAR ResNet / plain net of `resjax.models` in PyTorch: 3x3 stem, 3 stages of
+    16/32/64 basic blocks, option A shortcuts (subsample, zero-pad channels), BN, no conv bias."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+            if residual:
+                y = y + F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.pad))
+            return F.relu(y)
+
+    n = (depth - 2) // 6
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for b in range(n):
+            layers.append(Block(cin, width, 2 if stage > 0 and b == 0 else 1))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
+    return net
+
+
+def time_torch(config, batch_size: int, num_steps: int, jax_params: int, hvp: bool, log) -> dict:
+    """PyTorch eager: SGD step (momentum 0.9, wd 1e-4) and, with `hvp`, grad vs double-backward
+    HVP, on the same architecture and batch size. GPU if JAX runs on one and torch sees it."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    use_cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+    device = torch.device('cuda' if use_cuda else 'cpu')
+    sync = torch.cuda.synchronize if use_cuda else (lambda: None)
+    net = torch_resnet_cifar(config.model.depth, config.model.residual).to(device).train()
+    params = list(net.parameters())
+    num_params = sum(p.numel() for p in params)
+    log(f'  parameters: resjax {jax_params}, torch {num_params}')
+    assert num_params == jax_params, (num_params, jax_params)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def timed(fn):
+        def run():
+            out = fn()
+            sync()
+            return out
+
+        return time_calls(run, num_steps)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step_ms = 1e3 * statistics.median(timed(train_step))
+    record = {'torch_step_ms': step_ms, 'torch_images_per_sec': batch_size / step_ms * 1e3}
+    if hvp:
+        for m in net.modules():  # Momentum 0: running statistics stay as they are.
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.0
+        v = [torch.randn_like(p) for p in params]
+        grad = lambda: torch.autograd.grad(F.cross_entropy(net(x), y), params)
+
+        def hvp_once():
+            g = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=True)
+            return torch.autograd.grad(g, params, grad_outputs=v)
+
+        record['torch_grad_ms'] = 1e3 * statistics.median(timed(grad))
+        record['torch_hvp_ms'] = 1e3 * statistics.median(timed(hvp_once))
+    return record
+
+
+# ----- The benchmark ----------------------------------------------------------------------------
+
+
+def run_benchmark(
+    model_names: Sequence[str],
+    batches: Sequence[int],
+    dtype: str = 'float32',
+    num_steps: int = 10,
+    *,
+    hvp: bool = False,
+    probes: bool = False,
+    torch: bool = False,
+    pipeline: bool = False,
+    max_hvps: int = MAX_HVPS,
+    log: Callable[[str], None] = logging.info,
+) -> list[dict]:
+    """One record per (model, batch); see the module docstring and `RECORD_COLUMNS`.
+
+    Every name is validated before anything compiles (ValueError, one line).
+    """
+    configs = {name: model_config(name, dtype) for name in model_names}
+    if torch:
+        try:
+            import torch as _  # noqa: F401
+        except ImportError:
+            log('torch: not installed (pip install torch, or the [torch] extra); skipped')
+            torch = False
+    device = jax.devices()[0]
+    jobs = [(name, b) for name in model_names for b in batches]
+    records, pipeline_cache, start = [], {}, time.perf_counter()
+    for i, (name, batch_size) in enumerate(jobs):
+        config, shape, classes = configs[name]
+        log(f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype}')
+
+        # ----- Model, optimizer, state, synthetic batch -----
+        model = models.create_model(config.model, classes)
+        tx = optim.create_optimizer(config.train)
+        schedule = optim.learning_rate_schedule(config.train)
+        init = functools.partial(steps.create_train_state, model, tx, shape, config.seed)
+        state = xla.run_once(init)
+        batch = xla.run_once(functools.partial(synthetic_batch, batch_size, shape, classes))
+        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        record = {
+            'model': name,
+            'batch': batch_size,
+            'dtype': dtype,
+            'params': num_params,
+            'device': device.device_kind,
+            'backend': jax.default_backend(),
+            'steps': num_steps,
+        }
+
+        # ----- Curvature first: the train step donates (consumes) the state -----
+        curv = time_curvature(model, state, batch, num_steps, max_hvps, log) if hvp else {}
+
+        # ----- Train step, and its variant with the per-layer signal probes -----
+        state, timing = time_train_step(model, tx, schedule, state, batch, num_steps)
+        record.update(timing)
+        record['images_per_sec'] = batch_size / record['step_ms'] * 1e3
+        if probes:
+            _, timing = time_train_step(model, tx, schedule, state, batch, num_steps, probes=True)
+            record.update({f'probes_{k}': v for k, v in timing.items()})
+            record['probes_overhead'] = record['probes_step_ms'] / record['step_ms']
+        record.update(curv)
+        log(
+            f'  compile {record["compile_s"]:.1f} s, step {record["step_ms"]:.1f} ms, '
+            f'{record["images_per_sec"]:.0f} img/s'
+        )
+
+        # ----- PyTorch -----
+        if torch and (config.model.family != 'cifar' or dtype != 'float32'):
+            log('  torch: CIFAR family in float32 only; skipped')
+        elif torch:
+            record.update(time_torch(config, batch_size, num_steps, num_params, hvp, log))
+            record['torch_ratio'] = record['images_per_sec'] / record['torch_images_per_sec']
+
+        # ----- Input pipelines (per batch size and image shape, measured once) -----
+        if pipeline:
+            for key, args in (
+                ('pipeline_images_per_sec', ('digits', batch_size)),
+                ('pipeline_synthetic_images_per_sec', ('synthetic', batch_size, shape)),
+            ):
+                if args not in pipeline_cache:
+                    pipeline_cache[args] = time_pipeline(*args)
+                record[key] = pipeline_cache[args]
+        records.append(record)
+        elapsed = time.perf_counter() - start
+        log(f'  done; ETA {elapsed / (i + 1) * (len(jobs) - i - 1):.0f} s')
+    return records
+
+
+# (key, header, format) in table order; a column is shown when any record has the key.
+RECORD_COLUMNS = [
+    ('model', 'model', '{}'),
+    ('batch', 'batch', '{}'),
+    ('dtype', 'dtype', '{}'),
+    ('params', 'params', '{:,}'),
+    ('compile_s', 'compile_s', '{:.1f}'),
+    ('step_ms', 'step_ms', '{:.1f}'),
+    ('step_ms_min', 'min', '{:.1f}'),
+    ('step_ms_max', 'max', '{:.1f}'),
+    ('images_per_sec', 'img/s', '{:.0f}'),
+    ('probes_compile_s', 'probes_compile_s', '{:.1f}'),
+    ('probes_step_ms', 'probes_step_ms', '{:.1f}'),
+    ('probes_overhead', 'probes/plain', '{:.2f}'),
+    ('grad_ms', 'grad_ms', '{:.1f}'),
+    ('hvp_ms', 'hvp_ms', '{:.1f}'),
+    ('hvp_over_grad', 'hvp/grad', '{:.2f}'),
+    ('lambda_max', 'lambda_max', '{:.4g}'),
+    ('lambda_max_s', 'lmax_s', '{:.1f}'),
+    ('lambda_max_hvps', 'lmax_hvps', '{}'),
+    ('lambda_max_ms_per_hvp', 'ms/hvp_loop', '{:.1f}'),
+    ('torch_images_per_sec', 'torch_img/s', '{:.0f}'),
+    ('torch_ratio', 'jax/torch', '{:.2f}'),
+    ('torch_hvp_ms', 'torch_hvp_ms', '{:.1f}'),
+    ('pipeline_images_per_sec', 'digits_img/s', '{:.0f}'),
+    ('pipeline_synthetic_images_per_sec', 'synth_img/s', '{:.0f}'),
+]
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """Aligned text table, one row per record, right-aligned numbers."""
+    cols = [c for c in RECORD_COLUMNS if any(c[0] in r for r in records)]
+    rows = [[h for _, h, _ in cols]]
+    rows += [[fmt.format(r[k]) if k in r else '-' for k, _, fmt in cols] for r in records]
+    widths = [max(len(row[j]) for row in rows) for j in range(len(cols))]
+    align = lambda j, s: s.ljust(widths[j]) if j == 0 else s.rjust(widths[j])
+    return '\n'.join('  '.join(align(j, s) for j, s in enumerate(row)) for row in rows)
+
+
+# ----- Command line -------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    # Defined on demand, so that tests can import this file without claiming flag names.
+    flags.DEFINE_list('models', DEFAULT_MODELS, 'resnet<depth> / plain<depth>, comma-separated.')
+    flags.DEFINE_list('batch', ['128'], 'Batch size(s), comma-separated.')
+    flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (model.dtype).')
+    flags.DEFINE_string('json', None, 'Write the records here as a JSON list.')
+    flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
+    flags.DEFINE_integer('max_hvps', MAX_HVPS, '--hvp: most HVPs of the power iteration.')
+    flags.DEFINE_bool('torch', False, 'Also time the CIFAR models in PyTorch eager (float32).')
+    flags.DEFINE_bool('hvp', False, 'Also time a gradient vs an HVP, and lambda_max.')
+    flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
+    flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    try:
+        batches = [int(b) for b in FLAGS.batch if b.isdigit() and int(b) > 0]
+        if len(batches) != len(FLAGS.batch) or FLAGS.steps <= 0 or FLAGS.max_hvps <= 0:
+            raise ValueError('--batch, --steps and --max_hvps must be positive integers')
+        for name in FLAGS.models:
+            model_config(name)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    records = run_benchmark(
+        FLAGS.models,
+        batches,
+        FLAGS.dtype,
+        FLAGS.steps,
+        hvp=FLAGS.hvp,
+        probes=FLAGS.probes,
+        torch=FLAGS.torch,
+        pipeline=FLAGS.pipeline,
+        max_hvps=FLAGS.max_hvps,
+    )
+    print(format_table(records))
+    if FLAGS.json:
+        with open(FLAGS.json, 'w') as f:
+            json.dump(records, f, indent=2)
+        logging.info('Wrote %d records to %s', len(records), FLAGS.json)
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

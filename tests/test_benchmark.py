@@ -1,0 +1,69 @@
+"""scripts/benchmark.py end to end on tiny models: complete, finite records; no speed asserts."""
+
+import importlib.util
+import math
+import pathlib
+
+import jax
+import pytest
+
+from resjax import models
+
+SCRIPT = pathlib.Path(__file__).parent.parent / 'scripts' / 'benchmark.py'
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+    spec = importlib.util.spec_from_file_location('benchmark_script', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _num_params(benchmark, name):
+    config, shape, classes = benchmark.model_config(name)
+    model = models.create_model(config.model, classes)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, *shape)))
+    )
+    return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+def test_model_names(benchmark):
+    assert benchmark.model_config('resnet20')[0].model.family == 'cifar'
+    assert benchmark.model_config('plain50')[0].model.family == 'imagenet'
+    assert benchmark.model_config('plain50')[2] == 1000
+    assert not benchmark.model_config('plain56')[0].model.residual
+    for bad in ('resnet21', 'vgg16', 'resnet'):
+        with pytest.raises(ValueError, match=bad):
+            benchmark.model_config(bad)
+
+
+@pytest.mark.slow
+def test_records(benchmark):
+    # max_hvps=1: on XLA:CPU an HVP inside power iteration's while loop is slow (see the script).
+    records = benchmark.run_benchmark(
+        ['resnet8', 'plain8'], [4], 'float32', 2, hvp=True, max_hvps=1
+    )
+    assert [r['model'] for r in records] == ['resnet8', 'plain8']
+    keys = ['compile_s', 'step_ms', 'step_ms_min', 'step_ms_max', 'images_per_sec']
+    keys += ['grad_ms', 'hvp_ms', 'hvp_over_grad', 'lambda_max_s', 'lambda_max_hvps']
+    for r in records:
+        assert r['batch'] == 4 and r['dtype'] == 'float32'
+        assert r['device'] and r['backend'] == jax.default_backend()
+        assert r['params'] == _num_params(benchmark, r['model'])
+        for k in keys:
+            assert math.isfinite(r[k]) and r[k] > 0, (k, r[k])
+        assert r['step_ms_min'] <= r['step_ms'] <= r['step_ms_max']
+        assert math.isfinite(r['lambda_max'])
+        assert r['lambda_max_hvps'] == 1
+    table = benchmark.format_table(records).splitlines()
+    assert len(table) == 3 and len({len(line) for line in table}) == 1
+
+
+def test_torch_model_matches_parameter_count(benchmark):
+    torch = pytest.importorskip('torch')
+    for name, depth, residual in (('resnet8', 8, True), ('plain20', 20, False)):
+        net = benchmark.torch_resnet_cifar(depth, residual)
+        assert sum(p.numel() for p in net.parameters()) == _num_params(benchmark, name)
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
