@@ -41,7 +41,7 @@ def test_model_names(benchmark):
 
 @pytest.mark.slow
 def test_records(benchmark):
-    # max_hvps=1: on XLA:CPU an HVP inside power iteration's while loop is slow (see the script).
+    # max_hvps=1 keeps the curvature part short; the sharpness probe is tested elsewhere.
     records = benchmark.run_benchmark(
         ['resnet8', 'plain8'], [4], 'float32', 2, hvp=True, max_hvps=1
     )
@@ -56,7 +56,7 @@ def test_records(benchmark):
             assert math.isfinite(r[k]) and r[k] > 0, (k, r[k])
         assert r['step_ms_min'] <= r['step_ms'] <= r['step_ms_max']
         assert math.isfinite(r['lambda_max'])
-        assert r['lambda_max_hvps'] == 1
+        assert 2 <= r['lambda_max_hvps'] <= 3  # <= max_hvps per power run, + grad curvature
     table = benchmark.format_table(records).splitlines()
     assert len(table) == 3 and len({len(line) for line in table}) == 1
 
