@@ -3,8 +3,6 @@ along 'data', parameters and optimizer state replicated (jit mode)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -31,8 +29,3 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     """Assembles the global batch from each process's local slice, sharded along 'data'."""
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree on every device of the mesh (fully replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

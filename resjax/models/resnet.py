@@ -14,7 +14,7 @@ depth profile by sorting keys, with no lookup table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -271,7 +271,6 @@ class ResNet(nn.Module):
     zero_init_last: bool = False
     axis_name: str | None = None
     dtype: Any = jnp.float32
-    block_boundary: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -302,8 +301,6 @@ class ResNet(nn.Module):
                     self.dtype,
                     name=name,
                 )(x, train)
-                if self.block_boundary is not None:
-                    x = self.block_boundary(x)
                 index += 1
         x = Head(
             self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
