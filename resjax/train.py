@@ -174,7 +174,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         bn_mode=config.probes.bn_mode,
         trace_samples=config.probes.hessian_trace_samples,
     )
-    hessian_vec = otu.tree_random_like(jax.random.PRNGKey(config.seed + 1), state.params)
+    # Warm-start vector of the sharpness probe; built only when the probe is on, compiled once
+    # (eager tree_random_like compiles per leaf shape: seconds for nothing otherwise).
+    hessian_vec = hessian_every and xla.run_once(
+        otu.tree_random_like, jax.random.PRNGKey(config.seed + 1), state.params
+    )
     fixed_probe_batch = None
     eval_step = jax.jit(steps.make_eval_step(model))
 
