@@ -19,8 +19,20 @@ from resjax import checkpoint, data, models, optim, parallel, steps, xla
 from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
-# Config keys whose change makes an existing workdir's checkpoints meaningless for this run.
-RESUME_CRITICAL = ('model', 'dataset.name', 'dataset.image_shape', 'dataset.num_classes')
+# Config keys whose change makes an existing workdir's checkpoints meaningless for this run
+# (model.dtype and model.weight_grad change how it computes, not what it is: not listed).
+RESUME_CRITICAL = (
+    'model.family',
+    'model.depth',
+    'model.residual',
+    'model.shortcut',
+    'model.norm',
+    'model.width',
+    'model.preactivation',
+    'dataset.name',
+    'dataset.image_shape',
+    'dataset.num_classes',
+)
 
 
 class ConfigError(ValueError):

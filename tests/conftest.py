@@ -27,3 +27,12 @@ def digits_config():
     c.train.eval_every_steps = 3
     c.train.checkpoint_every_steps = 3
     return c
+
+
+@pytest.fixture
+def x64():
+    """float64 for one test, restored after so other test files keep float32."""
+    previous = jax.config.read('jax_enable_x64')
+    jax.config.update('jax_enable_x64', True)
+    yield
+    jax.config.update('jax_enable_x64', previous)

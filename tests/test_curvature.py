@@ -24,15 +24,6 @@ LAMS_POS = np.array([10.0, 4.0, 4.0, 2.0, 1.0, 0.5, 0.0, 0.0, -0.3, -1.0, -3.0, 
 LAMS_NEG = np.array([10.0, 4.0, 4.0, 2.0, 1.0, 0.5, 0.0, 0.0, -0.3, -1.0, -3.0, -15.0])
 
 
-@pytest.fixture
-def x64():
-    """float64 for one test, restored after so other test files keep float32."""
-    previous = jax.config.read('jax_enable_x64')
-    jax.config.update('jax_enable_x64', True)
-    yield
-    jax.config.update('jax_enable_x64', previous)
-
-
 def quadratic(lams, seed=0, dtype=np.float32):
     """(A, eigenvectors Q) with A = Q diag(lams) Q^T, Q a random orthogonal matrix."""
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(DIM, DIM)))

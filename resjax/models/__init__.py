@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from resjax.models.conv import WEIGHT_GRADS
 from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 
 __all__ = ['ResNet', 'create_model', 'validate_model_config']
@@ -38,6 +39,10 @@ def validate_model_config(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f'model.norm={model.norm!r} is unknown; use one of {NORMS}')
     if model.dtype not in DTYPES:
         raise ValueError(f'model.dtype={model.dtype!r} is unknown; use one of {tuple(DTYPES)}')
+    if model.weight_grad not in WEIGHT_GRADS:
+        raise ValueError(
+            f'model.weight_grad={model.weight_grad!r} is unknown; use one of {WEIGHT_GRADS}'
+        )
     if model.width <= 0:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
 
@@ -71,5 +76,6 @@ def create_model(
         zero_init_last=model.zero_init_last,
         axis_name=axis_name,
         dtype=DTYPES[model.dtype],
+        weight_grad=model.weight_grad,
         **kwargs,
     )

@@ -14,12 +14,15 @@ depth profile by sorting keys, with no lookup table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from resjax.models import conv as conv_lib
 
 # He et al. 2015 ("Delving Deep into Rectifiers") normal init, as the ResNet paper uses.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -65,6 +68,25 @@ class Norm(nn.Module):
         )(x)
 
 
+def _conv_layer(module: nn.Module, features: int, k: int, strides: int, name: str) -> nn.Conv:
+    """A k x k convolution, He-normal init, symmetric padding k // 2 (PyTorch's and the
+    paper's), a bias only without normalisation; `module.weight_grad` picks how its weight
+    gradient is computed (`resjax.models.conv`: same numbers, faster on CPU)."""
+    return nn.Conv(
+        features,
+        (k, k),
+        (strides, strides),
+        padding=((k // 2, k // 2),) * 2,
+        use_bias=module.norm == 'none',
+        kernel_init=he_normal,
+        dtype=module.dtype,
+        conv_general_dilated=functools.partial(
+            conv_lib.conv_general_dilated, weight_grad=module.weight_grad
+        ),
+        name=name,
+    )
+
+
 def _observe(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
     """Exposes `x` to the signal probes; a no-op unless the caller asks for them.
 
@@ -89,19 +111,11 @@ class BasicBlock(nn.Module):
     zero_init_last: bool = False
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    weight_grad: str = 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = lambda f, k, s, name: nn.Conv(
-            f,
-            (k, k),
-            (s, s),
-            padding=((k // 2, k // 2),) * 2,
-            use_bias=self.norm == 'none',
-            kernel_init=he_normal,
-            dtype=self.dtype,
-            name=name,
-        )
+        conv = functools.partial(_conv_layer, self)
         norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
         strides = self.strides
         if self.preactivation:
@@ -136,19 +150,11 @@ class BottleneckBlock(nn.Module):
     axis_name: str | None = None
     dtype: Any = jnp.float32
     expansion: int = 4
+    weight_grad: str = 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = lambda f, k, s, name: nn.Conv(
-            f,
-            (k, k),
-            (s, s),
-            padding=((k // 2, k // 2),) * 2,
-            use_bias=self.norm == 'none',
-            kernel_init=he_normal,
-            dtype=self.dtype,
-            name=name,
-        )
+        conv = functools.partial(_conv_layer, self)
         norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
         out = self.filters * self.expansion
         if self.preactivation:
@@ -208,20 +214,12 @@ class Stem(nn.Module):
     preactivation: bool
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    weight_grad: str = 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         k, s = (3, 1) if self.family == 'cifar' else (7, 2)
-        x = nn.Conv(
-            self.width,
-            (k, k),
-            (s, s),
-            padding=((k // 2, k // 2),) * 2,
-            use_bias=self.norm == 'none',
-            kernel_init=he_normal,
-            dtype=self.dtype,
-            name='conv',
-        )(x)
+        x = _conv_layer(self, self.width, k, s, 'conv')(x)
         if not self.preactivation:
             x = nn.relu(
                 _observe(
@@ -271,6 +269,7 @@ class ResNet(nn.Module):
     zero_init_last: bool = False
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    weight_grad: str = 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -283,6 +282,7 @@ class ResNet(nn.Module):
             self.preactivation,
             self.axis_name,
             self.dtype,
+            self.weight_grad,
             name='000_stem',
         )(x, train)
         index = 1
@@ -299,6 +299,7 @@ class ResNet(nn.Module):
                     self.zero_init_last,
                     self.axis_name,
                     self.dtype,
+                    weight_grad=self.weight_grad,
                     name=name,
                 )(x, train)
                 index += 1
