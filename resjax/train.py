@@ -159,7 +159,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     # ----- Checkpoint: resume or initialise -----------------------------------------------
     manager = checkpoint.checkpoint_manager(workdir, config.train.keep_checkpoints)
     if manager.latest_step() is not None:
-        state = checkpoint.restore(manager, abstract_state)
+        try:
+            state = checkpoint.restore(manager, abstract_state)
+        except checkpoint.CheckpointError as e:
+            manager.close()
+            raise ConfigError(str(e)) from e
         logging.info('Resumed from step %d of %s', int(state.step), workdir)
     else:
         state = xla.run_once(init, out_shardings=replicated)

@@ -132,6 +132,12 @@ def array_dataset(
     process_count: int,
 ) -> Dataset:
     """A `Dataset` over in-memory arrays: each epoch a fresh permutation keyed by (seed, epoch)."""
+    if images.ndim != 4 or test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f'dataset {name}: images must be (height, width, channels) arrays, got train '
+            f'{images.shape[1:]} and eval {test_images.shape[1:]}; for synthetic data set '
+            '--config.dataset.image_shape to three numbers, e.g. "(32, 32, 3)"'
+        )
     global_batch = config.train.batch_size
     local_batch = global_batch // process_count
     n = len(images)
