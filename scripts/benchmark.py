@@ -51,7 +51,7 @@ MAX_HVPS = 20  # As the training probe's default budget, probes.hessian_iters.
 # ----- Model names ------------------------------------------------------------------------
 
 
-def model_config(name: str, dtype: str = 'float32'):
+def model_config(name: str, dtype: str = 'float32', weight_grad: str = 'auto'):
     """`resnet56` / `plain34` -> (config with its `model` block set, image shape, classes).
 
     Raises ValueError (one line) for a name that is not a model of either family.
@@ -62,6 +62,7 @@ def model_config(name: str, dtype: str = 'float32'):
     config = config_lib.default_config()
     m = config.model
     m.depth, m.residual, m.dtype = int(match[2]), match[1] == 'resnet', dtype
+    m.weight_grad = weight_grad
     if m.depth in IMAGENET_STAGES:  # Before 6n+2: 50 and 152 are both.
         m.family, m.shortcut = 'imagenet', 'projection'
         shape, classes = (224, 224, 3), 1000
@@ -300,13 +301,17 @@ def run_benchmark(
     torch: bool = False,
     pipeline: bool = False,
     max_hvps: int = MAX_HVPS,
+    weight_grads: Sequence[str] = ('auto',),
     log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
-    """One record per (model, batch); see the module docstring and `RECORD_COLUMNS`.
+    """One record per (model, batch, weight_grad); see the module docstring and
+    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare.
 
     Every name is validated before anything compiles (ValueError, one line).
     """
-    configs = {name: model_config(name, dtype) for name in model_names}
+    configs = {
+        (name, g): model_config(name, dtype, g) for name in model_names for g in weight_grads
+    }
     if torch:
         try:
             import torch as _  # noqa: F401
@@ -314,11 +319,11 @@ def run_benchmark(
             log('torch: not installed (pip install torch, or the [torch] extra); skipped')
             torch = False
     device = jax.devices()[0]
-    jobs = [(name, b) for name in model_names for b in batches]
+    jobs = [(name, b, g) for name in model_names for b in batches for g in weight_grads]
     records, pipeline_cache, start = [], {}, time.perf_counter()
-    for i, (name, batch_size) in enumerate(jobs):
-        config, shape, classes = configs[name]
-        log(f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype}')
+    for i, (name, batch_size, weight_grad) in enumerate(jobs):
+        config, shape, classes = configs[name, weight_grad]
+        log(f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype} weight_grad={weight_grad}')
 
         # ----- Model, optimizer, state, synthetic batch -----
         model = models.create_model(config.model, classes)
@@ -332,6 +337,7 @@ def run_benchmark(
             'model': name,
             'batch': batch_size,
             'dtype': dtype,
+            'weight_grad': weight_grad,
             'params': num_params,
             'device': device.device_kind,
             'backend': jax.default_backend(),
@@ -382,6 +388,7 @@ RECORD_COLUMNS = [
     ('model', 'model', '{}'),
     ('batch', 'batch', '{}'),
     ('dtype', 'dtype', '{}'),
+    ('weight_grad', 'weight_grad', '{}'),
     ('params', 'params', '{:,}'),
     ('compile_s', 'compile_s', '{:.1f}'),
     ('step_ms', 'step_ms', '{:.1f}'),
@@ -433,6 +440,9 @@ def define_flags() -> None:
     flags.DEFINE_bool('hvp', False, 'Also time a gradient vs an HVP, and lambda_max.')
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
     flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')
+    flags.DEFINE_list(
+        'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, matmul.'
+    )
 
 
 def main(argv):
@@ -444,6 +454,9 @@ def main(argv):
             raise ValueError('--batch, --steps and --max_hvps must be positive integers')
         for name in FLAGS.models:
             model_config(name)
+        bad = set(FLAGS.weight_grad) - set(models.WEIGHT_GRADS)
+        if bad:
+            raise ValueError(f'--weight_grad {sorted(bad)}: use {models.WEIGHT_GRADS}')
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
@@ -457,6 +470,7 @@ def main(argv):
         torch=FLAGS.torch,
         pipeline=FLAGS.pipeline,
         max_hvps=FLAGS.max_hvps,
+        weight_grads=FLAGS.weight_grad,
     )
     print(format_table(records))
     if FLAGS.json:

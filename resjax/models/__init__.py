@@ -8,7 +8,7 @@ import ml_collections
 from resjax.models.conv import WEIGHT_GRADS
 from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 
-__all__ = ['ResNet', 'create_model', 'validate_model_config']
+__all__ = ['WEIGHT_GRADS', 'ResNet', 'create_model', 'validate_model_config']
 
 FAMILIES = ('cifar', 'imagenet')
 DTYPES = {
