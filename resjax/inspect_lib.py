@@ -1,0 +1,1138 @@
+"""Checkpoint inspection: what `scripts/inspect_checkpoint.py` does, as library functions.
+
+`load_run(workdir, step)` restores a run read-only (the workdir is never written: orbax's
+read-only manager, only finalised steps); each probe `probe_<name>(runs, out_dir, opts)` takes
+one or more loaded runs, writes its PNG and JSON/npz into `out_dir` and returns its numbers.
+
+Semantics shared by every probe (README "Inspecting a checkpoint"):
+- loss = MEAN softmax cross-entropy in nats over the probe examples, no weight decay; accuracy
+  the fraction correct; all arithmetic float32 (the model's compute dtype), host summaries
+  float64.
+- probe examples = the first `examples` training examples of the run's epoch-0 order
+  (seed-dependent: runs with the same seed see the same examples), without augmentation for
+  in-memory datasets and CIFAR-style augmentation.
+- BatchNorm in 'eval' mode (running statistics) unless `bn_mode='train'` (the probe batch's
+  statistics, running statistics untouched); the signal probe always uses training mode, as
+  the training loop's probes do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import scipy.linalg
+from absl import logging
+from jax.flatten_util import ravel_pytree
+
+from resjax import checkpoint, config_lib, data, landscape, models, optim, steps, xla
+from resjax.probes import curvature, hessian, signals
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from resjax import plots  # noqa: E402
+
+PyTree = Any
+
+
+class InspectError(ValueError):
+    """Bad input for inspection; the message is one line naming what was looked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every knob of the probes (the script's flags). Units in the README."""
+
+    examples: int = 256  # probe examples (first N of the epoch-0 training order)
+    batch: int = 128  # examples per forward/HVP call
+    bn_mode: str = 'eval'
+    seed: int = 0  # directions, Lanczos and Hutchinson draws
+    top_k: int = 3
+    lanczos_order: int = 40
+    trace_samples: int = 20
+    slq_draws: int = 3
+    grid: int = 21  # points per axis (landscape) or along the line (interpolate)
+    range: float = 1.0  # landscape coefficients in [-range, range]
+    chunk: int = 8  # grid points per vmapped call
+    direction: str = 'random'  # 'random' | 'eigen' | 'gradient'
+    biasbn: str = 'zero'  # 'zero' | 'include'
+    alpha_min: float = -0.5
+    alpha_max: float = 1.5
+    to: str | None = None  # interpolate: other workdir (default: the initial parameters)
+    eval_examples: int = 0  # eval probe: 0 = every example
+    shatter_points: int = 64
+    shatter_radius: float = 2.0
+
+
+@dataclasses.dataclass
+class Run:
+    """A restored checkpoint and everything needed to evaluate it."""
+
+    workdir: str
+    label: str
+    step: int
+    config: ml_collections.ConfigDict
+    model: Any
+    tx: Any
+    dataset: data.Dataset
+    state: steps.TrainState
+
+    def initial_state(self) -> steps.TrainState:
+        """The exact step-0 state of this run (same model, optimizer, image shape and seed)."""
+        return steps.create_train_state(
+            self.model, self.tx, self.dataset.image_shape, self.config.seed
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _merge(base: ml_collections.ConfigDict, saved: dict) -> None:
+    for k, v in saved.items():
+        if isinstance(v, dict) and k in base and isinstance(base[k], ml_collections.ConfigDict):
+            _merge(base[k], v)
+        elif k in base and isinstance(base[k], tuple) and isinstance(v, list):
+            base[k] = tuple(v)
+        else:
+            base[k] = v
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's resolved config (config.json) over resjax's defaults (tuples restored)."""
+    if not os.path.isdir(workdir):
+        raise InspectError(f'workdir {workdir!r} does not exist')
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(path):
+        raise InspectError(f'{workdir!r} is not a resjax run: no config.json (looked for {path})')
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InspectError(f'cannot read {path}: {e}') from None
+    config = config_lib.default_config()
+    _merge(config, saved)
+    return config
+
+
+def _check_shapes(step_dir: str, abstract: PyTree, workdir: str, step: int) -> None:
+    # Compare before restoring, so a checkpoint of another model is refused in one line.
+    try:
+        tree = ocp.StandardCheckpointer().metadata(step_dir).item_metadata.tree
+    except Exception as e:  # noqa: BLE001 (orbax raises many kinds)
+        raise InspectError(f'cannot read checkpoint metadata in {step_dir}: {e}') from None
+    saved = {
+        '/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+    wanted = {
+        '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
+    for name, shape in wanted.items():
+        if name not in saved:
+            raise InspectError(
+                f'checkpoint step {step} of {workdir!r} does not match its config.json model: '
+                f'{name} is missing from the checkpoint'
+            )
+        if saved[name] != shape:
+            raise InspectError(
+                f'checkpoint step {step} of {workdir!r} does not match its config.json model: '
+                f'{name} has shape {saved[name]} in the checkpoint, {shape} in the model'
+            )
+    extra = sorted(set(saved) - set(wanted))
+    if extra:
+        raise InspectError(
+            f'checkpoint step {step} of {workdir!r} does not match its config.json model: '
+            f'the checkpoint has {extra[0]} (and {len(extra) - 1} more) the model lacks'
+        )
+
+
+def load_run(workdir: str, step: int | None = None, batch: int = 128) -> Run:
+    """Restores `workdir`'s checkpoint at `step` (default: the latest) without writing anything.
+
+    Raises InspectError (one line) for a missing workdir, a directory that is not a resjax run
+    (no config.json or no checkpoints), a missing step (the message lists the saved ones) and a
+    checkpoint whose shapes differ from the model its config.json describes. `batch` sets the
+    dataset's train and eval batch sizes (per process).
+    """
+    config = load_config(workdir)
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    if not os.path.isdir(ckpt_dir):
+        raise InspectError(
+            f'{workdir!r} is not a resjax run: no checkpoints (looked for {ckpt_dir})'
+        )
+    manager = checkpoint.checkpoint_manager(workdir, read_only=True)
+    try:
+        saved = manager.all_steps()
+        if not saved:
+            raise InspectError(f'{workdir!r} has no finished checkpoint in {ckpt_dir}')
+        step = saved[-1] if step is None else step
+        if step not in saved:
+            raise InspectError(f'step {step} not found in {ckpt_dir}; saved steps: {list(saved)}')
+        cfg = config.copy_and_resolve_references()
+        cfg.train.batch_size = batch
+        cfg.train.eval_batch_size = batch
+        if cfg.dataset.augment == 'cifar':
+            cfg.dataset.augment = 'none'  # Probe the examples, not random crops of them.
+        try:
+            dataset = data.create_dataset(cfg)
+            model = models.create_model(config.model, dataset.num_classes)
+            tx = optim.create_optimizer(config.train)
+        except ValueError as e:
+            raise InspectError(f'{workdir!r}: {e}') from None
+        init = functools.partial(
+            steps.create_train_state, model, tx, dataset.image_shape, config.seed
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            jax.eval_shape(init),
+        )
+        _check_shapes(os.path.join(ckpt_dir, str(step), 'default'), abstract, workdir, step)
+        try:
+            state = checkpoint.restore(manager, abstract, step)
+        except FileNotFoundError:
+            raise InspectError(
+                f'step {step} of {workdir!r} disappeared while reading (training keeps only '
+                'the last checkpoints); pick a newer --step'
+            ) from None
+    finally:
+        manager.close()
+    return Run(workdir, plots.run_label(workdir), step, config, model, tx, dataset, state)
+
+
+def load_runs(workdirs: list[str], step: int | None = None, batch: int = 128) -> list[Run]:
+    """`load_run` for each workdir; labels made unique (the workdir's name is appended)."""
+    runs = [load_run(w, step, batch) for w in workdirs]
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if seen[r.label] > 1:
+            r.label = f'{r.label} ({os.path.basename(os.path.normpath(r.workdir))})'
+    if len({r.label for r in runs}) < len(runs):  # The same workdir twice: number them.
+        for i, r in enumerate(runs):
+            r.label = f'{r.label} #{i + 1}'
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples.
+
+
+def train_examples(run: Run, num: int) -> dict[str, np.ndarray]:
+    """The first `num` training examples of the run's epoch-0 order (all of them if `num` is 0
+    or exceeds the training set), as {'image', 'label'} arrays."""
+    num = run.dataset.num_train if num <= 0 else min(num, run.dataset.num_train)
+    images, labels, have = [], [], 0
+    for b in run.dataset.train_batches(0):
+        images.append(b['image'])
+        labels.append(b['label'])
+        have += len(b['label'])
+        if have >= num:
+            break
+    return {'image': np.concatenate(images)[:num], 'label': np.concatenate(labels)[:num]}
+
+
+def to_batches(examples: dict[str, np.ndarray], batch: int) -> list[dict[str, jax.Array]]:
+    """Splits examples into batches of exactly `batch` (the last padded with zeros, `mask` 0),
+    so one compile serves every batch."""
+    n = len(examples['label'])
+    out = []
+    for start in range(0, n, batch):
+        idx = np.arange(start, start + batch)
+        mask = (idx < n).astype(np.float32)
+        idx = np.minimum(idx, n - 1)
+        image = examples['image'][idx] * mask.reshape(-1, *[1] * (examples['image'].ndim - 1))
+        out.append(
+            {
+                'image': jnp.asarray(image),
+                'label': jnp.asarray(examples['label'][idx]),
+                'mask': jnp.asarray(mask),
+            }
+        )
+    return out
+
+
+def probe_batches(run: Run, opts: Options) -> list[dict[str, jax.Array]]:
+    """The probe examples of `opts` in batches; refuses BN train mode with a padded batch
+    (padding would enter the batch statistics)."""
+    ex = train_examples(run, opts.examples)
+    n = len(ex['label'])
+    if opts.bn_mode == 'train' and n % min(opts.batch, n):
+        raise InspectError(f'--bn_mode=train needs --examples ({n}) divisible by --batch')
+    return to_batches(ex, min(opts.batch, n))
+
+
+def point(state: steps.TrainState) -> dict:
+    """The variables of `state` as a landscape point."""
+    return landscape.as_point(state.params, state.batch_stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output helpers.
+
+
+def _save_json(out_dir: str, name: str, numbers: Any) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name + '.json')
+    with open(path, 'w') as f:
+        json.dump(numbers, f, indent=1, default=_jsonable)
+    return path
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray | jax.Array):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f'not JSON serialisable: {type(x)}')
+
+
+def _save_png(fig, out_dir: str, name: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name + '.png')
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _safe(label: str) -> str:
+    return ''.join(c if c.isalnum() or c in '-_' else '_' for c in label).strip('_')
+
+
+def _colors():
+    return plt.cm.tab10.colors
+
+
+class _Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(time.perf_counter() - self.start, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+def parameter_table(params: PyTree) -> list[dict]:
+    """One row per layer in forward order: name, leaf shapes, parameter count, L2 norm of the
+    layer's parameters (all leaves) and of its kernel (if any)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+    rows: dict[str, dict] = {}
+    for path, leaf in sorted(flat.items()):
+        layer, name = path.rsplit('/', 1)
+        row = rows.setdefault(layer, {'layer': layer, 'shapes': {}, 'count': 0, 'sq': 0.0})
+        leaf = np.asarray(leaf, np.float64)
+        row['shapes'][name] = list(leaf.shape)
+        row['count'] += leaf.size
+        row['sq'] += float(np.sum(leaf**2))
+        if name == 'kernel':
+            row['kernel_norm'] = float(np.sqrt(np.sum(leaf**2)))
+    out = []
+    for row in rows.values():
+        row['norm'] = math.sqrt(row.pop('sq'))
+        out.append(row)
+    return out
+
+
+def probe_summary(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Config, step, parameter tree (shapes, counts, norms per layer); a table on stdout and
+    `summary.json`."""
+    del opts
+    result = {}
+    for run in runs:
+        table = parameter_table(jax.device_get(run.state.params))
+        total = sum(r['count'] for r in table)
+        print(f'\n== {run.label}: {run.workdir} step {run.step}, {total:,} parameters')
+        print(f'{"layer":<34} {"shapes":<42} {"count":>9} {"||W||":>9}')
+        for r in table:
+            shapes = ' '.join(f'{k}{tuple(v)}' for k, v in r['shapes'].items())
+            print(f'{r["layer"]:<34} {shapes:<42} {r["count"]:>9,} {r["norm"]:>9.4f}')
+        result[run.label] = {
+            'workdir': run.workdir,
+            'step': run.step,
+            'config': json.loads(run.config.to_json_best_effort()),
+            'num_params': total,
+            'layers': table,
+        }
+    _save_json(out_dir, 'summary', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def evaluate(run: Run, batches: list[dict], bn_mode: str = 'eval') -> dict[str, float]:
+    """Mean loss (nats) and accuracy of the run's checkpoint over every unmasked example."""
+    loss, acc = landscape.evaluate_points(
+        _grid_eval(run.model, bn_mode), point(run.state), [], np.zeros((1, 0)), batches, 1, 'eval'
+    )
+    return {'loss': float(loss[0]), 'accuracy': float(acc[0])}
+
+
+@functools.cache
+def _grid_eval(model, bn_mode):
+    # One compiled function per (model, BN mode), shared by eval, lesion and the landscapes.
+    return landscape.make_grid_eval(model, bn_mode)
+
+
+def test_batches(run: Run, limit: int = 0) -> list[dict]:
+    """The run's eval split (every example once, padded batches with masks)."""
+    out, have = [], 0
+    for b in run.dataset.eval_batches():
+        out.append({k: jnp.asarray(v) for k, v in b.items()})
+        have += int(b['mask'].sum())
+        if limit and have >= limit:
+            break
+    return out
+
+
+def probe_eval(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Train and test mean loss and accuracy with BN in eval mode (running statistics):
+    `eval.json`. Train = the first `eval_examples` training examples (0 = all), test = the
+    eval split."""
+    result = {}
+    for run in runs:
+        t = _Timer()
+        train = evaluate(
+            run, to_batches(train_examples(run, opts.eval_examples), opts.batch), 'eval'
+        )
+        test = evaluate(run, test_batches(run, opts.eval_examples), 'eval')
+        result[run.label] = {
+            'step': run.step,
+            'bn_mode': 'eval',
+            'train/loss': train['loss'],
+            'train/accuracy': train['accuracy'],
+            'test/loss': test['loss'],
+            'test/accuracy': test['accuracy'],
+            'seconds': t(),
+        }
+        print(
+            f'{run.label} step {run.step}: train loss {train["loss"]:.4f} acc '
+            f'{train["accuracy"]:.4f} | test loss {test["loss"]:.4f} acc {test["accuracy"]:.4f}'
+        )
+    _save_json(out_dir, 'eval', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# hessian, spectrum
+
+
+def flat_hvp(run: Run, batches: list[dict], bn_mode: str) -> Callable[[jax.Array], jax.Array]:
+    """v -> H v (flat), H the Hessian of the mean loss over `batches` at the checkpoint."""
+    stats = run.state.batch_stats
+
+    def loss_of(params, batch):
+        return hessian.mean_loss_fn(run.model, stats, batch, bn_mode)(params)
+
+    return landscape.make_flat_hvp(loss_of, run.state.params, batches)
+
+
+def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict, jax.Array]:
+    """Lanczos extremes and Hutchinson trace of the Hessian of the mean loss at the checkpoint.
+
+    Returns (numbers, Ritz vectors of the top `top_k` eigenvalues [k, dim], flat).
+    """
+    hvp = flat_hvp(run, batches, opts.bn_mode)
+    flat, _ = ravel_pytree(run.state.params)
+    key = jax.random.PRNGKey(opts.seed)
+    t = _Timer()
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    alphas, betas, basis, beta_m = landscape.lanczos(
+        hvp, v0, opts.lanczos_order, f'{run.label} hessian'
+    )
+    m = len(alphas)
+    theta, s = scipy.linalg.eigh_tridiagonal(alphas, betas) if m > 1 else (alphas, np.ones((1, 1)))
+    # Residual ||H y - theta y|| of each Ritz pair: beta_m * |last component| (exact arithmetic).
+    residual = np.abs(beta_m * s[-1, :])
+    k = min(opts.top_k, m)
+    top = np.argsort(theta)[::-1][:k]
+    vectors = jnp.asarray(s[:, top].T, basis.dtype) @ basis
+    lanczos_s = t()
+    traces = []
+    for z_key in jax.random.split(jax.random.fold_in(key, 1), opts.trace_samples):
+        z = jax.random.rademacher(z_key, flat.shape, flat.dtype)
+        traces.append(float(jnp.vdot(z, hvp(z))))
+    traces = np.array(traces)
+    n = len(traces)
+    numbers = {
+        'top_eigenvalues': theta[top].tolist(),
+        'top_residuals': residual[top].tolist(),
+        'lambda_max': float(theta.max()),
+        'lambda_min': float(theta.min()),
+        'lambda_min_residual': float(residual[np.argmin(theta)]),
+        'abs_ratio_min_max': float(abs(theta.min()) / theta.max()),
+        'trace': float(traces.mean()) if n else None,
+        'trace_stderr': float(traces.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+        'trace_samples': n,
+        'lanczos_order': m,
+        'num_hvps': m + n,
+        'lanczos_seconds': lanczos_s,
+        'trace_seconds': round(t() - lanczos_s, 2),
+        'ritz_values': theta.tolist(),
+    }
+    return numbers, vectors
+
+
+def probe_hessian(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Top-k eigenvalues, lambda_min (Lanczos with full reorthogonalisation; residual bounds
+    reported) and the Hutchinson trace +- standard error of the Hessian of the mean loss over
+    the probe examples: `hessian.json`."""
+    result = {}
+    for run in runs:
+        batches = probe_batches(run, opts)
+        numbers, _ = hessian_numbers(run, batches, opts)
+        numbers.update(
+            step=run.step,
+            bn_mode=opts.bn_mode,
+            examples=int(sum(float(b['mask'].sum()) for b in batches)),
+        )
+        result[run.label] = numbers
+        print(
+            f'{run.label}: lambda_max {numbers["lambda_max"]:.4g} lambda_min '
+            f'{numbers["lambda_min"]:.4g} |min/max| {numbers["abs_ratio_min_max"]:.3g} '
+            f'top {np.round(numbers["top_eigenvalues"], 4).tolist()} trace '
+            f'{numbers["trace"]:.4g} +- {numbers["trace_stderr"] or float("nan"):.2g}'
+        )
+    _save_json(out_dir, 'hessian', result)
+    return result
+
+
+def probe_spectrum(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Hessian eigenvalue density by stochastic Lanczos quadrature (`slq_draws` draws of order
+    `lanczos_order`), Gaussian-smoothed as PyHessian does; `spectrum.png` (log density, one
+    line per run), `spectrum.npz` and `spectrum.json`."""
+    result, arrays = {}, {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, run in zip(_colors(), runs):
+        batches = probe_batches(run, opts)
+        hvp = flat_hvp(run, batches, opts.bn_mode)
+        flat, _ = ravel_pytree(run.state.params)
+        alphas, betas = [], []
+        for d, key in enumerate(
+            jax.random.split(jax.random.PRNGKey(opts.seed + 2), opts.slq_draws)
+        ):
+            v0 = jax.random.normal(key, flat.shape, flat.dtype)
+            a, b, _, _ = landscape.lanczos(
+                hvp, v0, opts.lanczos_order, f'{run.label} SLQ draw {d + 1}/{opts.slq_draws}'
+            )
+            alphas.append(a)
+            betas.append(b)
+        m = min(len(a) for a in alphas)
+        ritz, weights = curvature.ritz_and_weights(
+            np.stack([a[:m] for a in alphas]), np.stack([b[: m - 1] for b in betas])
+        )
+        grid, density = curvature.spectral_density(ritz, weights)
+        ax.semilogy(grid, density + 1e-12, color=color, label=run.label)
+        safe = _safe(run.label)
+        arrays.update(
+            {f'{safe}/grid': grid, f'{safe}/density': density, f'{safe}/ritz': ritz,
+             f'{safe}/weights': weights}
+        )  # fmt: skip
+        result[run.label] = {
+            'step': run.step,
+            'bn_mode': opts.bn_mode,
+            'draws': opts.slq_draws,
+            'order': m,
+            'ritz_min': float(ritz.min()),
+            'ritz_max': float(ritz.max()),
+            'trace_estimate': float(np.mean(np.sum(weights * ritz, 1)) * flat.size),
+        }
+    ax.set_xlabel('eigenvalue of the Hessian of the mean loss')
+    ax.set_ylabel('density (log)')
+    ax.set_title(f'Hessian eigenvalue density (SLQ), BN {opts.bn_mode} mode')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, out_dir, 'spectrum')
+    np.savez(os.path.join(out_dir, 'spectrum.npz'), **arrays)
+    _save_json(out_dir, 'spectrum', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# landscape1d, landscape2d
+
+
+def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict], dict]:
+    """`num` point-shaped directions of kind `opts.direction` and a description of them.
+
+    - 'random': independent filter-normalised Gaussians (seeds opts.seed, opts.seed + 1), 1-D
+      leaves zeroed or included per `opts.biasbn` (Li et al. 2018);
+    - 'eigen': the top-`num` Hessian eigenvectors (Lanczos Ritz vectors of the probe loss),
+      each scaled to the parameters' L2 norm;
+    - 'gradient': the gradient of the probe loss (and, for 2-D, the top eigenvector), each
+      scaled to the parameters' L2 norm.
+    So coefficient 1 moves the weights by as much as their own norm (filter-wise for 'random').
+    """
+    params, stats = run.state.params, run.state.batch_stats
+    info = {'kind': opts.direction, 'seed': opts.seed, 'biasbn': opts.biasbn}
+    if opts.direction == 'random':
+        make = functools.partial(landscape.random_direction, biasbn=opts.biasbn)
+        dirs = [xla.run_once(make, jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
+    elif opts.direction in ('eigen', 'gradient'):
+        batches = probe_batches(run, opts)
+        _, unravel = ravel_pytree(params)
+        norm = otu_norm(params)
+        dirs = []
+        if opts.direction == 'gradient':
+            grad = mean_gradient(run, batches, opts.bn_mode)
+            dirs.append(grad)
+            info['gradient_norm'] = otu_norm(grad)
+        if len(dirs) < num:
+            sub = dataclasses.replace(opts, top_k=num - len(dirs))
+            numbers, vectors = hessian_numbers(run, batches, sub)
+            dirs += [unravel(v) for v in vectors]
+            info['eigenvalues'] = numbers['top_eigenvalues']
+        dirs = [landscape.scale_to_norm(d, norm) for d in dirs[:num]]
+        info['scaled_to_norm'] = norm
+    else:
+        raise InspectError(f'--direction={opts.direction!r}; use random, eigen or gradient')
+    return [landscape.params_direction(d, stats) for d in dirs], info
+
+
+def mean_gradient(run: Run, batches: list[dict], bn_mode: str) -> PyTree:
+    """Gradient of the mean loss over every unmasked example of `batches` at the checkpoint."""
+
+    @jax.jit
+    def grad(params, batch):
+        return jax.grad(hessian.mean_loss_fn(run.model, run.state.batch_stats, batch, bn_mode))(
+            params
+        )
+
+    counts = [float(b['mask'].sum()) for b in batches]
+    total = sum(counts)
+    out = None
+    for b, n in zip(batches, counts):
+        g = jax.tree.map(lambda x, n=n: x * (n / total), grad(run.state.params, b))
+        out = g if out is None else jax.tree.map(jnp.add, out, g)
+    return out
+
+
+def otu_norm(tree: PyTree) -> float:
+    """L2 norm over every leaf of `tree` (float)."""
+    return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+
+
+def landscape_1d(run: Run, opts: Options, directions: list[dict] | None = None) -> dict:
+    """Loss and accuracy at theta + a d for `opts.grid` values of a in [-range, range]."""
+    batches = probe_batches(run, opts)
+    if directions is None:
+        directions, info = landscape_directions(run, opts, 1)
+    else:
+        info = {'kind': 'given'}
+    coeffs = np.linspace(-opts.range, opts.range, opts.grid)
+    loss, acc = landscape.evaluate_points(
+        _grid_eval(run.model, opts.bn_mode),
+        point(run.state),
+        directions[:1],
+        coeffs[:, None],
+        batches,
+        opts.chunk,
+        f'{run.label} 1-D landscape',
+    )
+    return {'alphas': coeffs, 'loss': loss, 'accuracy': acc, 'directions': info}
+
+
+def probe_landscape1d(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """1-D loss (and accuracy) curves along one direction: `landscape1d.png/.npz/.json`."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    result, arrays = {}, {}
+    for color, run in zip(_colors(), runs):
+        t = _Timer()
+        r = landscape_1d(run, opts)
+        ax.plot(r['alphas'], r['loss'], color=color, label=run.label)
+        ax2.plot(r['alphas'], r['accuracy'], color=color, label=run.label)
+        safe = _safe(run.label)
+        for k in ('alphas', 'loss', 'accuracy'):
+            arrays[f'{safe}/{k}'] = r[k]
+        result[run.label] = {
+            'step': run.step,
+            'loss_at_0': float(np.interp(0.0, r['alphas'], r['loss'])),
+            'loss_min': float(r['loss'].min()),
+            'loss_max': float(r['loss'].max()),
+            'directions': r['directions'],
+            'seconds': t(),
+        }
+    for a, ylabel in ((ax, 'mean cross-entropy (nats)'), (ax2, 'accuracy')):
+        a.set_xlabel(f'alpha ({opts.direction} direction)')
+        a.set_ylabel(ylabel)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    ax.set_yscale('log')
+    fig.suptitle(f'1-D loss landscape, {_settings(opts)}', fontsize=9)
+    _save_png(fig, out_dir, 'landscape1d')
+    np.savez(os.path.join(out_dir, 'landscape1d.npz'), settings=json.dumps(_opts(opts)), **arrays)
+    _save_json(out_dir, 'landscape1d', {'settings': _opts(opts), 'runs': result})
+    return result
+
+
+def _settings(opts: Options) -> str:
+    return (
+        f'BN {opts.bn_mode} mode, {opts.examples} train examples, biases/BN '
+        f'{opts.biasbn}, seed {opts.seed}'
+    )
+
+
+def _opts(opts: Options) -> dict:
+    return dataclasses.asdict(opts)
+
+
+def landscape_2d(run: Run, opts: Options) -> dict:
+    """Loss and accuracy at theta + a d1 + b d2 on an `opts.grid` x `opts.grid` grid over
+    [-range, range]^2, plus `landscape.convexity_summary` of the loss grid."""
+    batches = probe_batches(run, opts)
+    directions, info = landscape_directions(run, opts, 2)
+    xs = np.linspace(-opts.range, opts.range, opts.grid)
+    gx, gy = np.meshgrid(xs, xs, indexing='ij')
+    coeffs = np.stack([gx.ravel(), gy.ravel()], 1)
+    loss, acc = landscape.evaluate_points(
+        _grid_eval(run.model, opts.bn_mode),
+        point(run.state),
+        directions,
+        coeffs,
+        batches,
+        opts.chunk,
+        f'{run.label} 2-D landscape',
+    )
+    loss, acc = loss.reshape(gx.shape), acc.reshape(gx.shape)
+    return {
+        'xs': xs,
+        'ys': xs,
+        'loss': loss,
+        'accuracy': acc,
+        'directions': info,
+        'convexity': landscape.convexity_summary(loss, xs, xs),
+        'convexity_r_half': landscape.convexity_summary(loss, xs, xs, radius=opts.range / 2),
+    }
+
+
+def probe_landscape2d(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """2-D loss contours (labelled levels) per run side by side: `landscape2d.png/.npz/.json`."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    result, arrays = {}, {}
+    for ax, run in zip(axes[0], runs):
+        t = _Timer()
+        r = landscape_2d(run, opts)
+        levels = np.linspace(r['loss'].min(), min(r['loss'].max(), r['loss'].min() + 10), 15)
+        cs = ax.contour(r['xs'], r['ys'], r['loss'].T, levels=levels, cmap='viridis')
+        ax.clabel(cs, inline=True, fontsize=7, fmt='%.2f')
+        ax.plot(0, 0, 'r+')
+        ax.set_title(f'{run.label} (step {run.step})', fontsize=10)
+        ax.set_xlabel('alpha (direction 1)')
+        ax.set_ylabel('beta (direction 2)')
+        ax.set_aspect('equal')
+        safe = _safe(run.label)
+        for k in ('xs', 'ys', 'loss', 'accuracy'):
+            arrays[f'{safe}/{k}'] = r[k]
+        result[run.label] = {
+            'step': run.step,
+            'loss_at_0': float(r['loss'][opts.grid // 2, opts.grid // 2]),
+            'loss_min': float(r['loss'].min()),
+            'loss_max': float(r['loss'].max()),
+            'convexity': r['convexity'],
+            'convexity_r_half': r['convexity_r_half'],
+            'directions': r['directions'],
+            'seconds': t(),
+        }
+    fig.suptitle(f'2-D loss landscape (mean cross-entropy), {_settings(opts)}', fontsize=9)
+    fig.tight_layout()
+    _save_png(fig, out_dir, 'landscape2d')
+    np.savez(os.path.join(out_dir, 'landscape2d.npz'), settings=json.dumps(_opts(opts)), **arrays)
+    _save_json(out_dir, 'landscape2d', {'settings': _opts(opts), 'runs': result})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolate
+
+
+def interpolation(run: Run, opts: Options, other: Run | None = None) -> dict:
+    """Loss and accuracy at (1 - a) start + a end for `opts.grid` values of a in
+    [alpha_min, alpha_max] (Goodfellow et al. 2015). start = the run's exact initial state
+    (or `other`'s checkpoint), end = the checkpoint. Parameters AND BN running statistics
+    are interpolated, so a = 0 and a = 1 are exactly the two endpoints' (eval-mode) losses."""
+    batches = probe_batches(run, opts)
+    end = point(run.state)
+    if other is None:
+        start = point(xla.run_once(run.initial_state))
+        start_name = 'init (step 0, re-created from the seed)'
+    else:
+        start = point(other.state)
+        start_name = f'{other.workdir} step {other.step}'
+    direction = jax.jit(lambda a, b: jax.tree.map(jnp.subtract, a, b))(end, start)
+    alphas = np.linspace(opts.alpha_min, opts.alpha_max, opts.grid)
+    alphas = np.union1d(alphas, [0.0, 1.0])  # The endpoints are always on the grid.
+    loss, acc = landscape.evaluate_points(
+        _grid_eval(run.model, opts.bn_mode),
+        start,
+        [direction],
+        alphas[:, None],
+        batches,
+        opts.chunk,
+        f'{run.label} interpolation',
+    )
+    return {'alphas': alphas, 'loss': loss, 'accuracy': acc, 'start': start_name}
+
+
+def probe_interpolate(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Loss and accuracy along the straight line from the start (init or `--to`) to each
+    checkpoint: `interpolate.png/.npz/.json`."""
+    other = load_run(opts.to, None, opts.batch) if opts.to else None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    result, arrays = {}, {}
+    for color, run in zip(_colors(), runs):
+        t = _Timer()
+        if other is not None and other.config.model.to_dict() != run.config.model.to_dict():
+            raise InspectError(f'--to {opts.to!r} holds another model than {run.workdir!r}')
+        r = interpolation(run, opts, other)
+        ax.plot(r['alphas'], r['loss'], color=color, label=run.label)
+        ax2.plot(r['alphas'], r['accuracy'], color=color, label=run.label)
+        safe = _safe(run.label)
+        for k in ('alphas', 'loss', 'accuracy'):
+            arrays[f'{safe}/{k}'] = r[k]
+        i0, i1 = int(np.argmin(np.abs(r['alphas']))), int(np.argmin(np.abs(r['alphas'] - 1)))
+        inside = (r['alphas'] >= 0) & (r['alphas'] <= 1)
+        chord = r['loss'][i0] + r['alphas'][inside] * (r['loss'][i1] - r['loss'][i0])
+        result[run.label] = {
+            'step': run.step,
+            'start': r['start'],
+            'loss_start': float(r['loss'][i0]),
+            'loss_end': float(r['loss'][i1]),
+            'max_bump_over_chord': float(np.max(r['loss'][inside] - chord)),
+            'monotone_decreasing_on_0_1': bool(np.all(np.diff(r['loss'][inside]) <= 1e-6)),
+            'seconds': t(),
+        }
+    for a, ylabel in ((ax, 'mean cross-entropy (nats)'), (ax2, 'accuracy')):
+        a.axvline(0, color='k', lw=0.5)
+        a.axvline(1, color='k', lw=0.5)
+        a.set_xlabel('alpha (0 = start, 1 = checkpoint)')
+        a.set_ylabel(ylabel)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    ax.set_yscale('log')
+    start = opts.to or 'initialisation'
+    fig.suptitle(f'Linear interpolation from {start}, BN {opts.bn_mode} mode', fontsize=9)
+    _save_png(fig, out_dir, 'interpolate')
+    np.savez(os.path.join(out_dir, 'interpolate.npz'), settings=json.dumps(_opts(opts)), **arrays)
+    _save_json(out_dir, 'interpolate', {'settings': _opts(opts), 'runs': result})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# lesion
+
+
+def residual_blocks(run: Run) -> list[dict]:
+    """The blocks whose residual branch a lesion can remove (none for plain nets), in forward
+    order, each with its shortcut kind: 'identity', 'identity_pad' (option A: subsample and
+    zero-pad, parameter-free) or 'projection' (a 1x1 conv shortcut, kept)."""
+    if not run.config.model.residual:
+        return []
+    out = []
+    for name, p in sorted(run.state.params.items()):
+        if '_stage' not in name:
+            continue
+        convs = sorted(k for k in p if k.startswith('conv'))
+        c_in = p[convs[0]]['kernel'].shape[-2]
+        c_out = p[convs[-1]]['kernel'].shape[-1]
+        if 'shortcut_conv' in p:
+            kind = 'projection'
+        else:
+            kind = 'identity' if c_in == c_out else 'identity_pad'
+        out.append({'block': name, 'shortcut': kind, 'last_conv': convs[-1]})
+    return out
+
+
+def lesion_params(run: Run, block: str) -> PyTree:
+    """The run's parameters with `block`'s residual branch removed, its shortcut kept.
+
+    Post-activation blocks with BN end the branch with BN: its scale AND bias are zeroed, so the
+    branch outputs exactly 0 in both BN modes and the block computes relu(shortcut(x)), which is
+    shortcut(x) because x >= 0 is the previous block's ReLU output. Pre-activation blocks and
+    blocks without BN end the branch with a conv: its kernel (and bias) are zeroed. Exact for
+    every block of resjax's models; the shortcut (identity, option A's subsample + zero-pad, or a
+    projection) is untouched.
+    """
+    params = flax.core.unfreeze(jax.tree.map(lambda x: x, run.state.params))
+    info = {b['block']: b for b in residual_blocks(run)}
+    if block not in info:
+        raise InspectError(f'{block!r} is not a residual block of {run.workdir!r}')
+    p = params[block]
+    last = info[block]['last_conv']
+    if run.config.model.norm == 'batch' and not run.config.model.preactivation:
+        bn = p['norm' + last[len('conv') :]]['bn']
+        bn['scale'] = jnp.zeros_like(bn['scale'])
+        bn['bias'] = jnp.zeros_like(bn['bias'])
+    else:
+        p[last] = jax.tree.map(jnp.zeros_like, p[last])
+    return params
+
+
+def probe_lesion(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Test error (BN eval mode, the whole eval split) with each residual block's residual
+    branch removed in turn (Veit et al. 2016): one bar per block, one colour per run;
+    downsampling blocks hatched. `lesion.png/.json`."""
+    most = max(len(residual_blocks(r)) for r in runs)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * most * len(runs)), 4.5))
+    result = {}
+    width = 0.8 / max(1, len(runs))
+    for r_i, (color, run) in enumerate(zip(_colors(), runs)):
+        t = _Timer()
+        batches = test_batches(run)
+        base = evaluate(run, batches)
+        blocks = residual_blocks(run)
+        rows = []
+        for i, b in enumerate(blocks):
+            lesioned = dataclasses.replace(
+                run, state=run.state.replace(params=lesion_params(run, b['block']))
+            )
+            e = evaluate(lesioned, batches)
+            rows.append({**b, 'test_error': 1 - e['accuracy'], 'test_loss': e['loss']})
+            logging.info('%s lesion %d/%d: %s error %.4f', run.label, i + 1, len(blocks),
+                         b['block'], 1 - e['accuracy'])  # fmt: skip
+        result[run.label] = {
+            'step': run.step,
+            'bn_mode': 'eval',
+            'test_error_intact': 1 - base['accuracy'],
+            'test_loss_intact': base['loss'],
+            'blocks': rows,
+            'note': None if blocks else 'plain network: no residual blocks to remove',
+            'seconds': t(),
+        }
+        if not blocks:
+            print(f'{run.label}: plain network, no residual blocks to remove')
+            continue
+        xs = np.arange(len(rows)) + r_i * width
+        bars = ax.bar(xs, [r['test_error'] for r in rows], width, color=color, label=run.label)
+        for bar, r in zip(bars, rows):
+            if r['shortcut'] != 'identity':
+                bar.set_hatch('//')
+        ax.axhline(1 - base['accuracy'], color=color, ls='--', lw=1, label=f'{run.label} intact')
+    ax.set_xlabel('removed block (forward order; hatched = downsampling/projection shortcut)')
+    ax.set_ylabel('test error')
+    ax.set_title('Lesion: one residual branch removed at a time (BN eval mode)')
+    ax.grid(True, axis='y', alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, out_dir, 'lesion')
+    _save_json(out_dir, 'lesion', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# shattering
+
+
+def gradient_correlation(run: Run, opts: Options) -> dict:
+    """Correlation of input gradients along lines in input space (after Balduzzi et al. 2017).
+
+    For each of E = min(examples, 64) probe images x_e, a random unit direction u_e in input
+    space and T = `shatter_points` inputs x_e + t u_e, t evenly spaced in [-R, R]
+    (R = `shatter_radius`, input units: the dataset's standardised pixels, L2). g_e(t) is the
+    gradient w.r.t. the input of the logit of x_e's label (BN eval mode). C(k) = mean over e
+    and t of cos(g_e(t), g_e(t + k)) at lag k (distance k * 2R / (T - 1)); shattered gradients
+    decorrelate (C falls to ~0) within a short distance.
+    """
+    ex = train_examples(run, min(opts.examples, 64))
+    images = jnp.asarray(ex['image'])
+    labels = jnp.asarray(ex['label'])
+    e = len(labels)
+    key = jax.random.PRNGKey(opts.seed + 3)
+    u = jax.random.normal(key, images.shape)
+    u = u / jnp.sqrt(jnp.sum(u**2, axis=tuple(range(1, u.ndim)), keepdims=True))
+    ts = jnp.linspace(-opts.shatter_radius, opts.shatter_radius, opts.shatter_points)
+    variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+
+    @jax.jit
+    def input_grads(x, y):
+        # Eval-mode BN: examples are independent, so the gradient of the sum is per example.
+        def total(x):
+            logits = run.model.apply(variables, x, train=False)
+            return jnp.sum(jnp.take_along_axis(logits, y[:, None], 1))
+
+        return jax.grad(total)(x)
+
+    grads = []
+    for i in range(e):
+        x = images[i][None] + ts.reshape(-1, *[1] * (images.ndim - 1)) * u[i][None]
+        grads.append(input_grads(x, jnp.full((len(ts),), labels[i])).reshape(len(ts), -1))
+    g = np.asarray(jnp.stack(grads), np.float64)  # [E, T, D]
+    g /= np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-30)
+    lags = np.arange(1, opts.shatter_points)
+    corr = np.array([np.mean(np.sum(g[:, k:] * g[:, :-k], -1)) for k in lags])
+    spacing = 2 * opts.shatter_radius / (opts.shatter_points - 1)
+    below = np.flatnonzero(corr < 0.5)
+    return {
+        'lags': lags,
+        'distance': lags * spacing,
+        'correlation': corr,
+        'lag1_correlation': float(corr[0]),
+        'half_correlation_distance': float(lags[below[0]] * spacing) if len(below) else None,
+        'examples': e,
+    }
+
+
+def probe_shattering(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Input-gradient correlation vs distance (`gradient_correlation`), one line per run:
+    `shattering.png/.npz/.json`."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    result, arrays = {}, {}
+    for color, run in zip(_colors(), runs):
+        t = _Timer()
+        r = gradient_correlation(run, opts)
+        ax.plot(r['distance'], r['correlation'], color=color, marker='.', label=run.label)
+        safe = _safe(run.label)
+        arrays[f'{safe}/distance'] = r['distance']
+        arrays[f'{safe}/correlation'] = r['correlation']
+        result[run.label] = {
+            'step': run.step,
+            'lag1_correlation': r['lag1_correlation'],
+            'lag1_distance': float(r['distance'][0]),
+            'half_correlation_distance': r['half_correlation_distance'],
+            'examples': r['examples'],
+            'seconds': t(),
+        }
+    ax.axhline(0, color='k', lw=0.5)
+    ax.set_xlabel('distance between inputs along a random line (L2, input units)')
+    ax.set_ylabel('mean cosine of input gradients')
+    ax.set_title('Gradient correlation along input lines (Balduzzi et al. 2017), BN eval mode')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, out_dir, 'shattering')
+    np.savez(os.path.join(out_dir, 'shattering.npz'), settings=json.dumps(_opts(opts)), **arrays)
+    _save_json(out_dir, 'shattering', {'settings': _opts(opts), 'runs': result})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# signals
+
+
+def signal_metrics(run: Run, batch: dict) -> dict[str, float]:
+    """The training loop's per-layer signal probes on this checkpoint and one batch, BN in
+    training mode (running statistics not kept): `grad_norm/`, `param_norm/`, `act_*`,
+    `relu_zero/`, `gsc/`, `grad_norm/global`, `probe/loss` (update ratios need an update and
+    are absent)."""
+
+    @jax.jit
+    def run_probe(params, batch_stats, batch):
+        loss, _, new_vars, grads, act_grads = steps.loss_and_grads(
+            run.model, params, batch_stats, batch, probes=True
+        )
+        layers = signals.weight_layers(params)
+        out = {}
+        g, w = signals.layer_norms(grads, layers), signals.layer_norms(params, layers)
+        for name in layers:
+            out[f'grad_norm/{name}'] = g[name]
+            out[f'param_norm/{name}'] = w[name]
+        out.update(
+            signals.activation_signals(
+                new_vars['intermediates'], act_grads, run.model.preactivation
+            )
+        )
+        out['grad_norm/global'] = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(grads)))
+        out['probe/loss'] = loss
+        return out
+
+    out = run_probe(run.state.params, run.state.batch_stats, batch)
+    return {k: float(v) for k, v in jax.device_get(out).items()}
+
+
+def probe_signals(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Per-layer signal profiles of each checkpoint on its first `batch` probe examples
+    (unpadded), drawn with `resjax.plots.plot_profiles`: `signals/<signal>_profile.png/.json`
+    and `signals.json`."""
+    result = {}
+    for run in runs:
+        ex = train_examples(run, min(opts.batch, opts.examples or opts.batch))
+        batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
+        result[run.label] = signal_metrics(run, batch)
+        print(
+            f'{run.label}: grad norm first/last conv '
+            f'{signals.first_last_ratio(result[run.label]):.3g}, loss '
+            f'{result[run.label]["probe/loss"]:.4f}'
+        )
+    sig_dir = os.path.join(out_dir, 'signals')
+    rows = {label: {runs[i].step: m} for i, (label, m) in enumerate(result.items())}
+    for s in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc'):
+        plots.plot_profiles(rows, s, None, sig_dir)
+    _save_json(out_dir, 'signals', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry.
+
+PROBES: dict[str, Callable[[list[Run], str, Options], dict]] = {
+    'summary': probe_summary,
+    'eval': probe_eval,
+    'hessian': probe_hessian,
+    'spectrum': probe_spectrum,
+    'landscape1d': probe_landscape1d,
+    'landscape2d': probe_landscape2d,
+    'interpolate': probe_interpolate,
+    'lesion': probe_lesion,
+    'shattering': probe_shattering,
+    'signals': probe_signals,
+}
+
+
+def validate(probes: list[str], opts: Options) -> None:
+    """Raises InspectError (one line) for unknown probes or impossible options."""
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes:
+        raise InspectError(f'unknown probe(s) {unknown}; use some of {list(PROBES)}')
+    if opts.bn_mode not in hessian.BN_MODES:
+        raise InspectError(f'--bn_mode={opts.bn_mode!r}; use one of {hessian.BN_MODES}')
+    if opts.direction not in ('random', 'eigen', 'gradient'):
+        raise InspectError(f'--direction={opts.direction!r}; use random, eigen or gradient')
+    if opts.biasbn not in landscape.BIASBN:
+        raise InspectError(f'--biasbn={opts.biasbn!r}; use one of {landscape.BIASBN}')
+    for name in ('examples', 'batch', 'grid', 'chunk', 'lanczos_order', 'slq_draws'):
+        if getattr(opts, name) <= 0:
+            raise InspectError(f'--{name}={getattr(opts, name)} must be positive')
+    if opts.grid < 3 and any(p.startswith('landscape') for p in probes):
+        raise InspectError(f'--grid={opts.grid} must be at least 3')
+    if opts.shatter_points < 2:
+        raise InspectError('--shatter_points must be at least 2')
+    if opts.to and not os.path.isdir(opts.to):
+        raise InspectError(f'--to workdir {opts.to!r} does not exist')
+
+
+def inspect(
+    workdirs: list[str], probes: list[str], out_dir: str, opts: Options, step: int | None = None
+) -> dict:
+    """Loads every workdir (read-only) and runs `probes` in order; returns {probe: numbers}
+    with each probe's wall time in seconds under `timings` (also in `timings.json`)."""
+    validate(probes, opts)
+    runs = load_runs(workdirs, step, opts.batch)
+    os.makedirs(out_dir, exist_ok=True)
+    results, timings = {}, {}
+    for name in probes:
+        t = _Timer()
+        logging.info('probe %s ...', name)
+        results[name] = PROBES[name](runs, out_dir, opts)
+        timings[name] = t()
+        logging.info('probe %s done in %.1f s', name, timings[name])
+    results['timings'] = timings
+    _save_json(out_dir, 'timings', timings)
+    return results

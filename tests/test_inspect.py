@@ -1,0 +1,213 @@
+"""Checkpoint inspection (resjax.inspect_lib, resjax.landscape, scripts/inspect_checkpoint.py)
+on one tiny digits run trained once for the module."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+
+from resjax import config_lib, inspect_lib, landscape, train
+
+SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'inspect_checkpoint.py')
+OPTS = inspect_lib.Options(examples=48, batch=24, grid=5, chunk=4)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    c = config_lib.default_config()
+    c.dataset.name = 'digits'
+    c.dataset.augment = 'none'
+    c.model.depth = 8
+    c.model.width = 0.25
+    c.train.steps = 6
+    c.train.batch_size = 32
+    c.train.eval_batch_size = 120
+    c.train.schedule = 'constant'
+    c.train.lr = 0.05
+    c.train.log_every_steps = 3
+    c.train.eval_every_steps = 6
+    c.train.checkpoint_every_steps = 3
+    path = str(tmp_path_factory.mktemp('inspect') / 'run')
+    train.train_and_evaluate(c, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def run(workdir):
+    return inspect_lib.load_run(workdir, batch=OPTS.batch)
+
+
+def _hashes(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, 'rb') as fh:
+                out[os.path.relpath(p, root)] = (
+                    hashlib.sha256(fh.read()).hexdigest(),
+                    os.stat(p).st_mtime_ns,
+                )
+    return out
+
+
+def test_filter_normalised_directions_have_the_weight_filter_norms(run):
+    params = run.state.params
+    d = jax.jit(landscape.random_direction)(jax.random.PRNGKey(0), params)
+    for dn, wn in zip(
+        jax.tree.leaves(landscape.filter_norms(d)), jax.tree.leaves(landscape.filter_norms(params))
+    ):
+        np.testing.assert_allclose(dn, wn, rtol=1e-5)
+    for dl, wl in zip(jax.tree.leaves(d), jax.tree.leaves(params)):
+        if wl.ndim == 1:
+            assert not np.any(dl)  # biases and BN parameters zeroed (Li et al.'s default)
+    include = jax.jit(lambda k, p: landscape.random_direction(k, p, 'include'))
+    included = include(jax.random.PRNGKey(0), params)
+    bn = run.state.params['000_stem']['norm']['bn']['scale']
+    np.testing.assert_array_equal(included['000_stem']['norm']['bn']['scale'], bn)
+
+
+def _rescaled(run, c):
+    """The same function in BN eval mode with every conv kernel multiplied by c: kernels x c,
+    the following BN's running mean x c and variance x c^2."""
+    params = flax.core.unfreeze(jax.tree.map(np.array, run.state.params))
+    stats = flax.core.unfreeze(jax.tree.map(np.array, run.state.batch_stats))
+    flat = flax.traverse_util.flatten_dict(params, sep='/')
+    flat_stats = flax.traverse_util.flatten_dict(stats, sep='/')
+    for path in [p for p in flat if p.endswith('kernel') and flat[p].ndim == 4]:
+        layer = path.rsplit('/', 1)[0]
+        norm = layer.replace('conv', 'norm')
+        flat[path] = flat[path] * c
+        flat_stats[f'{norm}/bn/mean'] = flat_stats[f'{norm}/bn/mean'] * c
+        flat_stats[f'{norm}/bn/var'] = flat_stats[f'{norm}/bn/var'] * c**2
+    state = run.state.replace(
+        params=flax.traverse_util.unflatten_dict(flat, sep='/'),
+        batch_stats=flax.traverse_util.unflatten_dict(flat_stats, sep='/'),
+    )
+    return dataclasses.replace(run, state=state)
+
+
+def test_normalised_1d_curve_is_invariant_to_conv_filter_scale(run):
+    a = inspect_lib.landscape_1d(run, OPTS)
+    b = inspect_lib.landscape_1d(_rescaled(run, 3.0), OPTS)
+    assert np.ptp(a['loss']) > 0.1  # The curve is not flat: the test can fail.
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=2e-4)
+
+
+def test_landscape_origin_is_the_eval_loss_on_the_same_examples(run):
+    batches = inspect_lib.probe_batches(run, OPTS)
+    base = inspect_lib.evaluate(run, batches)
+    r = inspect_lib.landscape_2d(run, dataclasses.replace(OPTS, grid=3))
+    assert r['loss'].shape == (3, 3)
+    np.testing.assert_allclose(r['loss'][1, 1], base['loss'], rtol=1e-5)
+    np.testing.assert_allclose(r['accuracy'][1, 1], base['accuracy'])
+    # Direct: mean cross-entropy in BN eval mode over those 48 examples.
+    ex = inspect_lib.train_examples(run, OPTS.examples)
+    variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+    logits = run.model.apply(variables, jnp.asarray(ex['image']), train=False)
+    loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ex['label'][:, None], 1))
+    np.testing.assert_allclose(base['loss'], loss, rtol=1e-5)
+
+
+def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
+    batches = inspect_lib.probe_batches(run, OPTS)
+    r = inspect_lib.interpolation(run, OPTS)
+    loss = dict(zip(r['alphas'].tolist(), r['loss']))
+    init = dataclasses.replace(run, state=run.initial_state())
+    np.testing.assert_allclose(loss[0.0], inspect_lib.evaluate(init, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[1.0], inspect_lib.evaluate(run, batches)['loss'], rtol=1e-5)
+    assert r['alphas'][0] == -0.5 and r['alphas'][-1] == 1.5
+    other = inspect_lib.load_run(workdir, step=3, batch=OPTS.batch)
+    r = inspect_lib.interpolation(run, OPTS, other)
+    loss = dict(zip(r['alphas'].tolist(), r['loss']))
+    np.testing.assert_allclose(loss[0.0], inspect_lib.evaluate(other, batches)['loss'], rtol=1e-5)
+
+
+def _lesioned(run, block):
+    state = run.state.replace(params=inspect_lib.lesion_params(run, block))
+    return dataclasses.replace(run, state=state)
+
+
+def test_lesion_removes_exactly_the_residual_branch(run):
+    blocks = inspect_lib.residual_blocks(run)
+    assert [b['shortcut'] for b in blocks] == ['identity', 'identity_pad', 'identity_pad']
+    name = blocks[0]['block']
+    # The block's output is its input: branch gone, identity shortcut kept.
+    images = jnp.asarray(inspect_lib.train_examples(run, 8)['image'])
+    lesioned = _lesioned(run, name)
+    variables = {'params': lesioned.state.params, 'batch_stats': run.state.batch_stats}
+    _, inter = run.model.apply(variables, images, train=False, mutable=['intermediates'])
+    inter = inter['intermediates']
+    np.testing.assert_array_equal(inter[name]['output'][0], inter['000_stem']['output'][0])
+    # A real lesion changes the test loss; one of a block whose branch is already zero does not.
+    batches = inspect_lib.test_batches(run)
+    intact = inspect_lib.evaluate(run, batches)['loss']
+    assert abs(inspect_lib.evaluate(lesioned, batches)['loss'] - intact) > 1e-3
+    zero_branch = dataclasses.replace(run, state=lesioned.state)
+    again = _lesioned(zero_branch, name)
+    assert (
+        inspect_lib.evaluate(again, batches)['loss']
+        == inspect_lib.evaluate(zero_branch, batches)['loss']
+    )
+    plain = run.config.copy_and_resolve_references()
+    plain.model.residual = False
+    assert inspect_lib.residual_blocks(dataclasses.replace(run, config=plain)) == []
+
+
+def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):
+    before = _hashes(workdir)
+    out = str(tmp_path / 'out')
+    probes = ['summary', 'eval', 'landscape1d', 'landscape2d', 'interpolate', 'lesion']
+    opts = dataclasses.replace(OPTS, eval_examples=48)
+    results = inspect_lib.inspect([workdir, workdir], probes, out, opts)
+    assert _hashes(workdir) == before
+    assert set(results['timings']) == set(probes)
+    # Two workdirs on one figure: side-by-side contours, one line / bar set each.
+    sizes = {
+        'landscape1d': (420, 1100),
+        'landscape2d': (460, 1040),
+        'interpolate': (420, 1100),
+        'lesion': (450, 700),
+    }
+    for name, (h, w) in sizes.items():
+        image = matplotlib.image.imread(os.path.join(out, name + '.png'))
+        assert image.shape[:2] == (h, w), name
+        assert image.std() > 0.01  # Not blank.
+    with open(os.path.join(out, 'landscape2d.json')) as f:
+        runs = json.load(f)['runs']
+    assert len(runs) == 2 and all('convexity' in r for r in runs.values())
+    npz = np.load(os.path.join(out, 'landscape2d.npz'))
+    assert json.loads(str(npz['settings']))['seed'] == 0
+
+
+def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, '--workdir', str(tmp_path / 'nope'), '--out', str(tmp_path),
+         '--probes', 'summary'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and 'nope' in lines[0] and 'does not exist' in lines[0], proc.stderr
+    with pytest.raises(inspect_lib.InspectError, match='no config.json'):
+        inspect_lib.load_run(str(tmp_path))
+    with pytest.raises(inspect_lib.InspectError, match=r'step 5 not found.*\[3, 6\]'):
+        inspect_lib.load_run(workdir, step=5)
+    other = tmp_path / 'other'
+    shutil.copytree(workdir, other)
+    with open(other / 'config.json') as f:
+        config = json.load(f)
+    config['model']['width'] = 0.5
+    with open(other / 'config.json', 'w') as f:
+        json.dump(config, f)
+    with pytest.raises(inspect_lib.InspectError, match='does not match its config.json model'):
+        inspect_lib.load_run(str(other))
