@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import scipy.linalg
 from absl import logging
@@ -47,6 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from resjax import plots  # noqa: E402
 
 PyTree = Any
+_NO_OPT = optax.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
 
 
 class InspectError(ValueError):
@@ -587,8 +589,8 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
     params, stats = run.state.params, run.state.batch_stats
     info = {'kind': opts.direction, 'seed': opts.seed, 'biasbn': opts.biasbn}
     if opts.direction == 'random':
-        make = functools.partial(landscape.random_direction, biasbn=opts.biasbn)
-        dirs = [xla.run_once(make, jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
+        make = _direction_fn(opts.biasbn, params)
+        dirs = [make(jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
     elif opts.direction in ('eigen', 'gradient'):
         batches = probe_batches(run, opts)
         _, unravel = ravel_pytree(params)
@@ -608,6 +610,21 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
     else:
         raise InspectError(f'--direction={opts.direction!r}; use random, eigen or gradient')
     return [landscape.params_direction(d, stats) for d in dirs], info
+
+
+_DIRECTION_FNS: dict = {}
+
+
+def _direction_fn(biasbn: str, params: PyTree) -> Callable[[jax.Array, PyTree], PyTree]:
+    """`landscape.random_direction` compiled once per (biasbn, parameter shapes) with XLA's
+    fast-compile options (its threefry graph is what costs: see `resjax.xla`)."""
+    key = (biasbn, jax.tree.structure(params), tuple(x.shape for x in jax.tree.leaves(params)))
+    if key not in _DIRECTION_FNS:
+        fn = functools.partial(landscape.random_direction, biasbn=biasbn)
+        _DIRECTION_FNS[key] = (
+            jax.jit(fn).lower(jax.random.PRNGKey(0), params).compile(xla.FAST_COMPILE)
+        )
+    return _DIRECTION_FNS[key]
 
 
 def mean_gradient(run: Run, batches: list[dict], bn_mode: str) -> PyTree:
@@ -766,6 +783,24 @@ def probe_landscape2d(runs: list[Run], out_dir: str, opts: Options) -> dict:
 # interpolate
 
 
+_INIT_FNS: dict = {}
+
+
+def initial_variables(run: Run) -> steps.TrainState:
+    """The run's exact step-0 params and BN statistics (`steps.create_train_state` without the
+    optimizer), compiled once per (model, image shape) with XLA's fast-compile options."""
+    key = (run.model, run.dataset.image_shape)
+    seed = jnp.int32(run.config.seed)
+    if key not in _INIT_FNS:
+
+        def init(seed):
+            state = steps.create_train_state(run.model, _NO_OPT, run.dataset.image_shape, seed)
+            return state.replace(opt_state=())
+
+        _INIT_FNS[key] = jax.jit(init).lower(seed).compile(xla.FAST_COMPILE)
+    return _INIT_FNS[key](seed)
+
+
 def interpolation(run: Run, opts: Options, other: Run | None = None) -> dict:
     """Loss and accuracy at (1 - a) start + a end for `opts.grid` values of a in
     [alpha_min, alpha_max] (Goodfellow et al. 2015). start = the run's exact initial state
@@ -774,7 +809,7 @@ def interpolation(run: Run, opts: Options, other: Run | None = None) -> dict:
     batches = probe_batches(run, opts)
     end = point(run.state)
     if other is None:
-        start = point(xla.run_once(run.initial_state))
+        start = point(initial_variables(run))
         start_name = 'init (step 0, re-created from the seed)'
     else:
         start = point(other.state)

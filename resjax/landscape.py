@@ -75,8 +75,13 @@ def filter_normalize(direction: PyTree, params: PyTree, biasbn: str = 'zero') ->
 
 
 def random_direction(key: jax.Array, params: PyTree, biasbn: str = 'zero') -> PyTree:
-    """A standard-Gaussian direction shaped like `params`, filter-normalised against them."""
-    return filter_normalize(otu.tree_random_like(key, params), params, biasbn)
+    """A standard-Gaussian direction shaped like `params`, filter-normalised against them.
+
+    One draw of the flattened parameter vector (one threefry call compiles far faster on CPU
+    than one per leaf), so the direction depends on `key` and the parameter shapes only.
+    """
+    flat, unravel = ravel_pytree(params)
+    return filter_normalize(unravel(jax.random.normal(key, flat.shape, flat.dtype)), params, biasbn)
 
 
 def scale_to_norm(direction: PyTree, norm: float | jax.Array) -> PyTree:

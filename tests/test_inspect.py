@@ -16,7 +16,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from resjax import config_lib, inspect_lib, landscape, train
+from resjax import config_lib, inspect_lib, landscape, train, xla
 
 SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'inspect_checkpoint.py')
 OPTS = inspect_lib.Options(examples=48, batch=24, grid=5, chunk=4)
@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
     c.train.eval_batch_size = 120
     c.train.schedule = 'constant'
     c.train.lr = 0.05
-    c.train.log_every_steps = 3
+    c.train.log_every_steps = 6
     c.train.eval_every_steps = 6
     c.train.checkpoint_every_steps = 3
     path = str(tmp_path_factory.mktemp('inspect') / 'run')
@@ -62,16 +62,14 @@ def _hashes(root):
 
 def test_filter_normalised_directions_have_the_weight_filter_norms(run):
     params = run.state.params
-    d = jax.jit(landscape.random_direction)(jax.random.PRNGKey(0), params)
-    for dn, wn in zip(
-        jax.tree.leaves(landscape.filter_norms(d)), jax.tree.leaves(landscape.filter_norms(params))
-    ):
+    d = inspect_lib._direction_fn('zero', params)(jax.random.PRNGKey(0), params)
+    norms = jax.jit(landscape.filter_norms)
+    for dn, wn in zip(jax.tree.leaves(norms(d)), jax.tree.leaves(norms(params))):
         np.testing.assert_allclose(dn, wn, rtol=1e-5)
     for dl, wl in zip(jax.tree.leaves(d), jax.tree.leaves(params)):
         if wl.ndim == 1:
             assert not np.any(dl)  # biases and BN parameters zeroed (Li et al.'s default)
-    include = jax.jit(lambda k, p: landscape.random_direction(k, p, 'include'))
-    included = include(jax.random.PRNGKey(0), params)
+    included = inspect_lib._direction_fn('include', params)(jax.random.PRNGKey(0), params)
     bn = run.state.params['000_stem']['norm']['bn']['scale']
     np.testing.assert_array_equal(included['000_stem']['norm']['bn']['scale'], bn)
 
@@ -122,7 +120,7 @@ def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
     batches = inspect_lib.probe_batches(run, OPTS)
     r = inspect_lib.interpolation(run, OPTS)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
-    init = dataclasses.replace(run, state=run.initial_state())
+    init = dataclasses.replace(run, state=xla.run_once(run.initial_state))
     np.testing.assert_allclose(loss[0.0], inspect_lib.evaluate(init, batches)['loss'], rtol=1e-5)
     np.testing.assert_allclose(loss[1.0], inspect_lib.evaluate(run, batches)['loss'], rtol=1e-5)
     assert r['alphas'][0] == -0.5 and r['alphas'][-1] == 1.5
