@@ -115,9 +115,9 @@ def make_train_step(
 
     BN runs in training mode on the batch; its running statistics are updated once. Gradients
     come from one explicit `jax.value_and_grad` of the mean loss. Under pmap (`axis_name` set),
-    loss and gradients are averaged over devices. A non-finite loss or gradient never reaches
-    the parameters: the update is skipped and recorded in the state (the loop then stops or
-    continues, as `train.on_nonfinite` says).
+    loss and gradients are averaged over devices, and the probes describe the global batch. A
+    non-finite loss or gradient never reaches the parameters: the update is skipped and
+    recorded in the state (the loop then stops or continues, as `train.on_nonfinite` says).
 
     With `probes`, the same gradient call also differentiates w.r.t. zero perturbations of
     the activations and returns the sown activations, so the step additionally reports the
@@ -165,11 +165,16 @@ def make_train_step(
         }
         if probes:
             probe = signals.weight_signals(state.params, grads, updates)
-            probe.update(
-                signals.activation_signals(
-                    new_vars['intermediates'], act_grads, model.preactivation
+            intermediates = new_vars['intermediates']
+            if axis_name is not None:
+                # Global-batch signals under pmap: gather every device's examples. The local
+                # loss is the mean over 1/n of the batch, so its activation gradients are n x.
+                n = jax.lax.psum(1, axis_name)
+                intermediates, act_grads = jax.lax.all_gather(
+                    (intermediates, act_grads), axis_name, tiled=True
                 )
-            )
+                act_grads = jax.tree.map(lambda g: g / n, act_grads)
+            probe.update(signals.activation_signals(intermediates, act_grads, model.preactivation))
             probe['grad_norm/global'] = metrics['train/grad_norm']
             probe['probe/loss'] = loss
             metrics = {'train': metrics, 'probes': probe}

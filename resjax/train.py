@@ -66,8 +66,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f'probes.bn_mode={config.probes.bn_mode!r}; use one of {hessian.BN_MODES}'
         )
-    if config.parallel.mode != 'jit':
-        raise ConfigError(f'parallel.mode={config.parallel.mode!r} is not supported yet; use jit')
+    if config.parallel.mode not in parallel.MODES:
+        raise ConfigError(f'parallel.mode={config.parallel.mode!r}; use one of {parallel.MODES}')
     for key in (
         'batch_size',
         'eval_batch_size',
@@ -86,7 +86,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Creates the workdir and writes config.json; refuses a workdir from an incompatible run."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, '.write_test')
+        probe = os.path.join(workdir, f'.write_test.{jax.process_index()}')
         open(probe, 'w').close()
         os.remove(probe)
     except OSError as e:
@@ -149,6 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     init = functools.partial(steps.create_train_state, model, tx, dataset.image_shape, config.seed)
 
     # ----- Sharding: batch along 'data', state replicated ---------------------------------
+    # Checkpoints, the sharpness probe and `state` outside the pmap steps use jit's layout:
+    # global arrays replicated over the mesh. Under pmap the loop holds a per-device copy.
+    pmap = config.parallel.mode == 'pmap'
     mesh = parallel.create_mesh()
     abstract_state = jax.eval_shape(init)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -168,6 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     else:
         state = xla.run_once(init, out_shardings=replicated)
     start_step = int(jax.device_get(state.step))
+    # Replica 0 of a pmap-replicated tree in jit's layout (identity under jit).
+    to_global = (
+        functools.partial(parallel.unreplicate, sharding=replicated) if pmap else lambda t: t
+    )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         'Model %s-%d%s: %d parameters',
@@ -179,9 +186,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
     # ----- Compiled steps -------------------------------------------------------------------
     # Two compiled variants chosen by the loop: probes are not paid for on ordinary steps.
-    make_step = functools.partial(steps.make_train_step, model, tx, schedule)
-    train_step = jax.jit(make_step(), donate_argnums=0)
-    probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
+    # One step function, two wrappers: jit over the mesh, or pmap (resjax/parallel.py).
+    if pmap:
+        axis = parallel.DATA_AXIS
+        # sync_bn: the model's BatchNorm averages its statistics over the pmap axis.
+        step_model = models.create_model(
+            config.model, dataset.num_classes, axis_name=axis if config.parallel.sync_bn else None
+        )
+        make_step = functools.partial(
+            steps.make_train_step, step_model, tx, schedule, axis_name=axis
+        )
+        train_step = parallel.pmap_train_step(make_step())
+        probe_step = parallel.pmap_train_step(make_step(probes=True))
+        eval_step = parallel.pmap_eval_step(steps.make_eval_step(model))
+        put_batch = parallel.split_batch
+        state = parallel.replicate(state)
+    else:
+        make_step = functools.partial(steps.make_train_step, model, tx, schedule)
+        train_step = jax.jit(make_step(), donate_argnums=0)
+        probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
+        eval_step = jax.jit(steps.make_eval_step(model))
+        put_batch = functools.partial(parallel.shard_batch, mesh=mesh)
+
+    def host(tree):
+        """Host values of replicated outputs: replica 0 of pmap's, jit's global arrays."""
+        return jax.tree.map(parallel.first_replica, tree) if pmap else jax.device_get(tree)
+
+    scalar = lambda x: int(host(x))
     probe_every = config.probes.every_steps
     hessian_every = config.probes.hessian_every_steps
     hessian_step = hessian.make_sharpness_probe(
@@ -192,30 +223,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     )
     # Warm-start vector of the sharpness probe; built only when the probe is on, compiled once
     # (eager tree_random_like compiles per leaf shape: seconds for nothing otherwise).
+    # Under pmap the probe runs under jit on replica 0's parameters and the global batch, so
+    # with bn_mode='train' and per-device BN it uses global-batch statistics (README).
+    # Placed like the parameters: a single-device vector made every probe compile twice.
     hessian_vec = hessian_every and xla.run_once(
-        otu.tree_random_like, jax.random.PRNGKey(config.seed + 1), state.params
+        otu.tree_random_like,
+        jax.random.PRNGKey(config.seed + 1),
+        to_global(state.params),
+        out_shardings=replicated,
     )
     fixed_probe_batch = None
-    eval_step = jax.jit(steps.make_eval_step(model))
 
     def evaluate(state):
         sums = None
         for batch in dataset.eval_batches():
-            out = eval_step(state, parallel.shard_batch(batch, mesh))
+            out = eval_step(state, put_batch(batch))
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = jax.device_get(sums)
+        sums = host(sums)
         return {
             'eval/loss': sums['loss_sum'] / sums['count'],
             'eval/accuracy': sums['correct'] / sums['count'],
         }
 
     def check_finite(state):
-        bad = int(jax.device_get(state.nonfinite_step))
+        bad = scalar(state.nonfinite_step)
         if bad >= 0 and config.train.on_nonfinite == 'stop':
             names = list(signals.group_by_layer(state.params))
             raise NonFiniteError(
                 f'non-finite loss or gradient at step {bad} (first non-finite gradient in layer '
-                f'{names[int(state.nonfinite_layer)]}); last good checkpoint kept in {workdir}'
+                f'{names[scalar(state.nonfinite_layer)]}); last good checkpoint kept in {workdir}'
             )
 
     # ----- Loop -------------------------------------------------------------------------------
@@ -227,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     preempted = _PreemptionFlag()
     try:
         while step < total:
-            batch = parallel.shard_batch(next(batches), mesh)
+            local_batch = next(batches)
+            batch = put_batch(local_batch)
             if hessian_every and step % hessian_every == 0:
                 if config.probes.hessian_batch == 'fixed':
                     # The batch of step 0, whatever step this run started at: comparable probes.
@@ -236,10 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                         fixed_probe_batch = parallel.shard_batch(first, mesh)
                     probe_batch = fixed_probe_batch
                 else:
-                    probe_batch = batch
+                    probe_batch = parallel.shard_batch(local_batch, mesh) if pmap else batch
+                params, batch_stats = to_global((state.params, state.batch_stats))
                 row, hessian_vec = hessian_step(
-                    state.params,
-                    state.batch_stats,
+                    params,
+                    batch_stats,
                     probe_batch,
                     hessian_vec,
                     key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
@@ -249,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
             if probe_every and step % probe_every == 0:
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.
-                writer.write(step, jax.device_get(metrics['probes']))
+                writer.write(step, host(metrics['probes']))
                 metrics = metrics['train']
             else:
                 state, metrics = train_step(state, batch)
@@ -264,13 +302,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 last_time, last_step = time.perf_counter(), step
             is_last = step == total
             if step % config.train.log_every_steps == 0 or is_last:
-                row = mean_metrics(train_rows)
+                row = mean_metrics(host(train_rows))
                 now = time.perf_counter()
                 row['steps_per_sec'] = max(step - last_step, 1) / (now - last_time)
                 train_rows, last_time, last_step = [], now, step
                 check_finite(state)
                 if config.train.on_nonfinite == 'skip':
-                    row['train/skipped_steps'] = int(jax.device_get(state.skipped_steps))
+                    row['train/skipped_steps'] = scalar(state.skipped_steps)
                 writer.write(step, row)
                 eta = (total - step) / row['steps_per_sec']
                 logging.info(
@@ -297,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
             stop = preempted.is_set() or manager.reached_preemption(step)
             if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
                 check_finite(state)
-                checkpoint.save(manager, state)
+                checkpoint.save(manager, to_global(state))
             if stop and not is_last:
                 logging.warning(
                     'Preempted: saved step %d in %s; rerun the same command to resume.',
@@ -310,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         preempted.restore()
         writer.close()
         manager.close()
-    return state
+    return to_global(state)
 
 
 class _PreemptionFlag:

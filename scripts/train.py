@@ -2,18 +2,32 @@
 
 Exit codes: 0 done; 2 bad config, data or workdir (one line, before compiling); 3 stopped on a
 non-finite loss or gradient.
+
+Multi-host (TPU pod slices, several GPU hosts): run the same command on every host with
+`--distributed` (or RESJAX_DISTRIBUTED=1); on a TPU VM nothing else is needed, elsewhere pass
+`--coordinator_address=host:port --num_processes=N --process_id=i`.
 """
 
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resjax import train
+from resjax import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.')
+flags.DEFINE_bool(
+    'distributed',
+    os.environ.get('RESJAX_DISTRIBUTED', '') not in ('', '0'),
+    'Start jax.distributed first (multi-host); default from RESJAX_DISTRIBUTED=1.',
+)
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (auto on TPU VMs).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (auto on TPU VMs).')
+flags.DEFINE_integer('process_id', None, "This process's index (auto on TPU VMs).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -39,6 +53,12 @@ def main(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if FLAGS.distributed:  # Before any JAX computation.
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+        if jax.process_index() != 0:
+            logging.set_verbosity(logging.WARNING)  # Process 0 logs progress for everyone.
     try:
         config = FLAGS.config
         config.seed  # noqa: B018  (forces the lazy load, so a missing file fails here)
