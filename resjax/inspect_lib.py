@@ -475,6 +475,11 @@ def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict,
     for z_key in jax.random.split(jax.random.fold_in(key, 1), opts.trace_samples):
         z = jax.random.rademacher(z_key, flat.shape, flat.dtype)
         traces.append(float(jnp.vdot(z, hvp(z))))
+        if len(traces) % 5 == 0 or len(traces) == opts.trace_samples:
+            logging.info(
+                '%s hessian: trace sample %d/%d, %.1f s', run.label, len(traces),
+                opts.trace_samples, t() - lanczos_s,
+            )  # fmt: skip
     traces = np.array(traces)
     n = len(traces)
     numbers = {

@@ -209,3 +209,24 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
         json.dump(config, f)
     with pytest.raises(inspect_lib.InspectError, match='does not match its config.json model'):
         inspect_lib.load_run(str(other))
+
+
+def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
+    eigenvalues = jnp.linspace(-2.0, 10.0, 50)
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(1), (50, 50)))
+    h = (q * eigenvalues) @ q.T
+    alphas, betas, basis, _ = landscape.lanczos(lambda v: h @ v, jnp.ones(50), 50)
+    theta = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+    np.testing.assert_allclose([theta.min(), theta.max()], [-2.0, 10.0], atol=1e-3)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(len(alphas)), atol=1e-4)
+
+
+def test_grid_convexity_of_known_surfaces():
+    xs = np.linspace(-1, 1, 11)
+    gx, gy = np.meshgrid(xs, xs, indexing='ij')
+    bowl = landscape.convexity_summary(gx**2 + 3 * gy**2, xs, xs)
+    assert bowl['nonconvex_fraction'] == 0
+    np.testing.assert_allclose([bowl['center_h_min'], bowl['center_h_max']], [2, 6], rtol=1e-6)
+    np.testing.assert_allclose(bowl['mean_abs_ratio'], 1 / 3, rtol=1e-6)
+    saddle = landscape.convexity_summary(gx**2 - gy**2, xs, xs)
+    assert saddle['nonconvex_fraction'] == 1 and saddle['mean_abs_ratio'] == pytest.approx(1)
