@@ -260,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     train_rows, last_time, last_step = [], time.perf_counter(), start_step
     batches = dataset.train_batches(start_step)
     step = start_step
+    previous_params = None
     preempted = _PreemptionFlag()
     try:
         while step < total:
@@ -275,15 +276,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 else:
                     probe_batch = parallel.shard_batch(local_batch, mesh) if pmap else batch
                 params, batch_stats = to_global((state.params, state.batch_stats))
+                update = None  # The last update, if its start point was kept (not on resume).
+                if previous_params is not None:
+                    update = jax.tree.map(jnp.subtract, params, previous_params)
                 row, hessian_vec = hessian_step(
                     params,
                     batch_stats,
                     probe_batch,
                     hessian_vec,
                     key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
+                    update=update,
                 )
+                previous_params = None
                 row['hessian/two_over_lr'] = 2.0 / float(schedule(step))
                 writer.write(step, row)
+            if hessian_every and (step + 1) % hessian_every == 0:
+                # Keep the start point of this update for the next probe's update curvature
+                # (a copy: the step donates the state's buffers).
+                previous_params = jax.tree.map(jnp.copy, to_global(state.params))
             if probe_every and step % probe_every == 0:
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.

@@ -44,12 +44,15 @@ def test_hvp_equals_dense_hessian_times_v(norm, bn_mode):
         np.testing.assert_allclose(hv, h @ v, rtol=1e-8, atol=1e-10)
         # The sharpness probe's lambda_max is the algebraic top of the dense spectrum.
         probe = hessian.make_sharpness_probe(model, num_iters=500, tol=1e-9, bn_mode=bn_mode)
+        u = jax.random.normal(jax.random.PRNGKey(5), flat.shape, jnp.float64)
         out, _ = probe(
             params,
             variables.get('batch_stats', {}),
             batch,
             unravel(jax.random.normal(jax.random.PRNGKey(4), flat.shape, jnp.float64)),
+            update=unravel(3.0 * u),  # Curvature along a direction: its scale must not matter.
         )
+        np.testing.assert_allclose(out['hessian/update_curvature'], u @ h @ u / (u @ u), rtol=1e-8)
         eigs = np.linalg.eigvalsh(np.asarray(h))
         np.testing.assert_allclose(out['hessian/lambda_max'], eigs[-1], rtol=1e-4)
         gf = ravel_pytree(jax.jit(jax.grad(loss))(params))[0]
@@ -99,3 +102,5 @@ def test_sharpness_probe_rows_in_training(digits_config, tmp_path):
         assert np.isfinite(r['hessian/lambda_max']) and r['hessian/lambda_max'] > 0
         assert 1 <= r['hessian/num_hvps'] <= 2 * 5 + 1
         assert np.isclose(r['hessian/two_over_lr'], 2 / digits_config.train.lr)
+    # Curvature along the last update: the update into steps 2 and 4 was kept, none before 0.
+    assert [r['step'] for r in rows if 'hessian/update_curvature' in r] == [2, 4]

@@ -60,12 +60,13 @@ def make_sharpness_probe(
     bn_mode: str = 'train',
     trace_samples: int = 0,
 ) -> Callable[..., tuple[dict[str, float], PyTree]]:
-    """Returns `probe(params, batch_stats, batch, v0, key) -> (metrics, eigenvector)`.
+    """Returns `probe(params, batch_stats, batch, v0, key, update) -> (metrics, eigenvector)`.
 
     Sharpness of the mean loss at `params` on `batch`, warm-started from `v0` (pass the
     returned eigenvector back in). Metrics: `hessian/lambda_max`, `hessian/grad_curvature`
-    (g^T H g / g^T g), `hessian/num_hvps` [, `hessian/trace`, `hessian/trace_stderr`
-    (Hutchinson, Rademacher)]. lambda_max is ALGEBRAIC: power iteration (PyHessian's rule:
+    (g^T H g / g^T g), `hessian/num_hvps` [, `hessian/update_curvature` (u^T H u / u^T u for
+    the last update u = params - previous params, if `update` is given and non-zero),
+    `hessian/trace`, `hessian/trace_stderr` (Hutchinson, Rademacher)]. lambda_max is ALGEBRAIC: power iteration (PyHessian's rule:
     stop when the Rayleigh quotient changes by < `tol` relative, at most `num_iters` HVPs)
     finds the dominant eigenvalue mu; if mu < 0, a second one on H - mu I finds the top.
 
@@ -105,7 +106,7 @@ def make_sharpness_probe(
             q_prev, v = q, hv
         return q, normalise(hv), n
 
-    def probe(params, batch_stats, batch, v0, key=None):
+    def probe(params, batch_stats, batch, v0, key=None, update=None):
         args = (params, batch_stats, batch)
         mu, vec, n = power(args, v0, 0.0)
         lam = mu
@@ -118,6 +119,9 @@ def make_sharpness_probe(
             'hessian/grad_curvature': float(grad_curvature(*args)),
             'hessian/num_hvps': n + 1,
         }
+        if update is not None and float(otu.tree_norm(update)) > 0:
+            out['hessian/update_curvature'] = float(hvp_dot(*args, normalise(update), 0.0)[1])
+            out['hessian/num_hvps'] += 1
         if trace_samples:
             values = []
             for k in jax.random.split(key, trace_samples):
