@@ -41,9 +41,9 @@ def initialize_distributed(
     """Starts JAX's multi-process runtime; must run before any JAX computation.
 
     With no arguments the cluster is auto-detected (TPU VM pod slices, SLURM, Open MPI). On CPU
-    the cross-process collectives are gloo's (jax 0.10's default, set explicitly here).
+    the cross-process collectives are gloo's (jax 0.10's default; set here if unset).
     """
-    if jax.config.jax_cpu_collectives_implementation is None:
+    if getattr(jax.config, 'jax_cpu_collectives_implementation', 'gloo') in (None, 'none'):
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
