@@ -10,6 +10,7 @@ missing workdir or step, not a resjax run, a checkpoint of another model, bad fl
 
 import sys
 
+import jax
 from absl import app, flags, logging
 
 from resjax import inspect_lib
@@ -57,6 +58,12 @@ def main(argv):
         sys.exit(2)
     # orbax warns about the read-only manager on every load; keep its errors only.
     logging.get_absl_handler().addFilter(lambda r: 'orbax' not in r.pathname or r.levelno >= 40)
+    # JAX logs its platform search at INFO when the backend starts: keep bad-input errors to
+    # one line by starting it quietly.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    jax.devices()
+    logging.set_verbosity(verbosity)
     names = [f.name for f in inspect_lib.dataclasses.fields(inspect_lib.Options)]
     opts = inspect_lib.Options(**{n: FLAGS[n].value for n in names})
     try:

@@ -67,8 +67,9 @@ def make_sharpness_probe(
     (g^T H g / g^T g), `hessian/num_hvps` [, `hessian/update_curvature` (u^T H u / u^T u for
     the last update u = params - previous params, if `update` is given and non-zero),
     `hessian/trace`, `hessian/trace_stderr` (Hutchinson, Rademacher)]. lambda_max is
-    ALGEBRAIC: power iteration (PyHessian's rule: stop when the Rayleigh quotient changes by < `tol` relative, at most `num_iters` HVPs)
-    finds the dominant eigenvalue mu; if mu < 0, a second one on H - mu I finds the top.
+    ALGEBRAIC: power iteration (PyHessian's rule: stop when the Rayleigh quotient changes by
+    < `tol` relative, at most `num_iters` HVPs) finds the dominant eigenvalue mu; if mu < 0, a
+    second one on H - mu I finds the top.
 
     The iterations run on the host around ONE jitted HVP, not under `lax.while_loop`: on
     XLA:CPU a convolution's gradient inside a loop body misses the fast Eigen path and one
