@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resjax import data, models, optim, parallel, steps, xla
+from resjax.probes import curvature, hessian
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 CONFIG = os.path.join(ROOT, 'configs', 'digits_resnet20.py')
@@ -139,6 +140,20 @@ def main(out_path: str) -> dict:
         'jit': compare(ref, on_mesh, config),
         'pmap_sync': compare(ref, synced, config),
     }
+
+    # The curvature probes' HVP of the global-batch mean loss (BN train mode: global-batch
+    # statistics under jit): the batch sharded over all devices vs on one device.
+    @jax.jit
+    def hvp(params, batch_stats, batch, v):
+        loss = hessian.mean_loss_fn(model, batch_stats, batch, 'train')
+        return curvature.hvp(loss, params, v)
+
+    v = jax.tree.map(lambda p: np.cos(np.arange(p.size)).reshape(p.shape), state0.params)
+    args = (state0.params, state0.batch_stats)
+    hv_one = hvp(*jax.device_put((*args, batches[0], v), one))
+    hv_mesh = hvp(*jax.device_put(args, replicated), parallel.shard_batch(batches[0], mesh), v)
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(jax.device_get(hv_one)))
+    out['hvp_relative'] = max_diff(jax.device_get(hv_one), jax.device_get(hv_mesh)) / scale
 
     # pmap with per-device BN, one step: each device normalises with its own 4 examples'
     # statistics; afterwards every device holds device 0's running statistics.

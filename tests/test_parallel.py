@@ -161,6 +161,7 @@ def test_jit_on_8_devices_and_pmap_match_one_device_and_pmap_bn_is_per_device(ru
         assert d['loss'] < 1e-5 and d['grads'] < 1e-4, d
         assert d['params'] < 1e-5 and d['batch_stats'] < 1e-5, d
         assert d['probe_keys_equal'] and d['probes'] < 1e-3, d  # relative
+    assert r['hvp_relative'] < 1e-4, r['hvp_relative']  # the global-batch HVP, sharded
     local = r['pmap_local']
     # Per-device BN: the loss is the mean of the 8 devices' own (4-example BN) losses, not the
     # global-BN loss; the running statistics are device 0's, on every replica.
