@@ -710,8 +710,8 @@ def probe_landscape1d(runs: list[Run], out_dir: str, opts: Options) -> dict:
 
 def _settings(opts: Options) -> str:
     return (
-        f'BN {opts.bn_mode} mode, {opts.examples} train examples, biases/BN '
-        f'{opts.biasbn}, seed {opts.seed}'
+        f'{opts.direction} directions, BN {opts.bn_mode} mode, {opts.examples} train examples,'
+        f' biases/BN {opts.biasbn}, seed {opts.seed}'
     )
 
 
@@ -776,7 +776,7 @@ def probe_landscape2d(runs: list[Run], out_dir: str, opts: Options) -> dict:
             'directions': r['directions'],
             'seconds': t(),
         }
-    fig.suptitle(f'2-D loss landscape (mean cross-entropy), {_settings(opts)}', fontsize=9)
+    fig.suptitle(f'2-D loss landscape (mean cross-entropy)\n{_settings(opts)}', fontsize=8)
     fig.tight_layout()
     _save_png(fig, out_dir, 'landscape2d')
     np.savez(os.path.join(out_dir, 'landscape2d.npz'), settings=json.dumps(_opts(opts)), **arrays)
