@@ -1,0 +1,49 @@
+"""`config.study`'s keys and defaults, importable without JAX (config files and the study
+script's flag parsing load this; `resjax.study` holds the logic and documents the keys)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion')
+
+
+def default_study_config() -> ml_collections.ConfigDict:
+    """`config.study` with every key the study reads (a config file edits what it changes)."""
+    s = ml_collections.ConfigDict()
+    s.depths = (20, 56)
+    s.residual = (False, True)
+    s.norms = ('batch', 'none')
+    s.seeds = (0,)
+    s.exclude = ()  # selectors of grid points left out, e.g. 'depth=110 residual=false'
+    s.overrides = ()  # '<selector> -> <key>=<value> ...', e.g. 'norm=none -> train.lr=0.02'
+    # Degradation (He et al. 2015) is "reproduced" when the deepest plain net's final training
+    # error exceeds the shallowest's by more than this (absolute, fraction of examples).
+    s.degradation_margin = 0.005
+    s.inspect = ml_collections.ConfigDict()
+    s.inspect.figures = INSPECT_FIGURES
+    s.inspect.max_depth = 0  # inspect nets up to this depth; 0 = the deepest of the grid
+    s.inspect.examples = 256  # probe examples: the first N of the epoch-0 training order
+    s.inspect.batch = 128
+    s.inspect.bn_mode = 'eval'  # BN in the spectrum and landscape: running statistics
+    s.inspect.seed = 0
+    s.inspect.lanczos_order = 40  # SLQ: Lanczos steps (HVPs) per draw
+    s.inspect.slq_draws = 3
+    s.inspect.grid = 21  # landscape: points per axis
+    s.inspect.range = 1.0  # landscape: coefficients in [-range, range]
+    s.inspect.chunk = 8  # landscape: grid points per vmapped call
+    return s
+
+
+def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:
+    """The `smoke` argument of a study config: two small depths, one seed, tiny inspection."""
+    s.depths = (8, 14)
+    s.exclude = ()
+    s.seeds = s.seeds[:1]
+    s.inspect.max_depth = 0
+    s.inspect.examples = 32
+    s.inspect.batch = 32
+    s.inspect.lanczos_order = 4
+    s.inspect.slq_draws = 1
+    s.inspect.grid = 5
+    s.inspect.chunk = 25
