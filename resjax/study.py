@@ -954,7 +954,7 @@ def compute_findings(
             r, _ = group_mean(runs, (d, True, norm), 'final_response_std')
             nums[f'plain{d}_response_std'], nums[f'resnet{d}_response_std'] = p, r
             if p is not None and r is not None:
-                parts.append(f'plain-{d} {p:.3g} vs ResNet-{d} {r:.3g}')
+                parts.append(f'plain-{d} {p:.4g} vs ResNet-{d} {r:.4g}')
                 smaller.append(r < p)
         if not parts:
             out.append(
@@ -988,7 +988,7 @@ def compute_findings(
         out.append(_finding(fid, 3, text, nums, HE_RESPONSES, verdict))
 
     # --- Fig. 4: sharpness vs 2/lr -----------------------------------------------------------
-    parts, nums, above = [], {}, []
+    parts, nums, above, ever = [], {}, [], []
     for r in runs:
         if r.state != 'finished' or r.spec.seed != min(x.spec.seed for x in runs):
             continue
@@ -1005,6 +1005,7 @@ def compute_findings(
             )
         }
         above.append(n['final_lambda_max'] > n['final_two_over_lr'])
+        ever.append(n['max_sharpness_ratio'] > 1)
         parts.append(
             f'{r.spec.label} {n["final_lambda_max"]:.3g} vs 2/lr {n["final_two_over_lr"]:.3g} '
             f'at step {n["final_hessian_step"]} (max over training {n["max_sharpness_ratio"]:.2f} '
@@ -1013,7 +1014,8 @@ def compute_findings(
     if parts:
         text = (
             'lambda_max at the last sharpness probe vs 2/lr: ' + '; '.join(parts) + f'. '
-            f'{sum(above)} of {len(above)} nets end above 2/lr (rule: above iff lambda_max > 2/lr).'
+            f'{sum(above)} of {len(above)} nets end above 2/lr, {sum(ever)} exceed it at some '
+            'probe (rule: above iff lambda_max > 2/lr).'
         )
         verdict = 'above 2/lr' if any(above) else 'below 2/lr'
         out.append(_finding('sharpness', 4, text, nums, EOS, verdict))
@@ -1037,11 +1039,18 @@ def compute_findings(
                 f'|lambda_min / lambda_max| {ratio:.3g}'
             )
         verdict = _pair_verdict(nums, 'neg_ratio')
+        tops = {k[:5]: v['ritz_max'] for k, v in nums.items() if k[:5] in ('plain', 'ResNe')}
+        if len(tops) == 2:
+            nums['plain_over_resnet_lambda_max'] = tops['plain'] / tops['ResNe']
+            parts.append(
+                f"the plain net's lambda_max is {_x(tops['plain'] / tops['ResNe'])} the ResNet's"
+            )
         text = (
             'Hessian spectrum at the end of training (SLQ Ritz values, BN '
             f'{s.inspect.bn_mode} mode, {s.inspect.examples} examples): '
             + '; '.join(parts)
-            + f". {verdict} (rule: consistent iff the residual net's |lambda_min / lambda_max| "
+            + f". {_cap(verdict)} with Li et al. (rule: consistent iff the residual net's "
+            '|lambda_min / lambda_max| '
             "is below the plain net's)."
         )
         out.append(_finding('spectrum', 5, text, nums, LI_SPECTRUM, verdict))
@@ -1073,8 +1082,8 @@ def compute_findings(
         text = (
             f'2-D loss landscape ({s.inspect.grid}x{s.inspect.grid} grid over '
             f'[-{s.inspect.range:g}, {s.inspect.range:g}]^2, filter-normalised random '
-            f'directions): ' + '; '.join(parts) + f'. {verdict} (rule: consistent iff the '
-            "residual net's non-convex fraction is below the plain net's)."
+            f'directions): ' + '; '.join(parts) + f'. {_cap(verdict)} with Li et al. (rule: '
+            "consistent iff the residual net's non-convex fraction is below the plain net's)."
         )
         out.append(_finding('landscape', 6, text, nums, LI_LANDSCAPE, verdict))
     else:
@@ -1111,7 +1120,7 @@ def compute_findings(
             )
         verdict = 'confirmed' if medians and all(m < 0.05 for m in medians) else 'contradicted'
         text = (
-            'Lesions (test error, BN eval mode): ' + '; '.join(parts) + f'. {verdict.capitalize()} '
+            'Lesions (test error, BN eval mode): ' + '; '.join(parts) + f'. {_cap(verdict)} '
             '(rule: confirmed iff the median increase over identity blocks is below 5 points '
             'for every ResNet).'
         )
@@ -1121,12 +1130,16 @@ def compute_findings(
     return out
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _pair_verdict(nums: dict, key: str) -> str:
     plain = [v[key] for k, v in nums.items() if k.startswith('plain')]
     res = [v[key] for k, v in nums.items() if k.startswith('ResNet')]
     if not plain or not res:
-        return 'Only one net of the pair is available'
-    return 'Consistent with Li et al.' if res[0] < plain[0] else 'Not consistent with Li et al.'
+        return 'one net only'
+    return 'consistent' if res[0] < plain[0] else 'not consistent'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1223,7 +1236,8 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
     extra = ''.join(f', excluding {e}' for e in s.exclude)
     recipe = (
         f'{t.steps} steps of batch {t.batch_size}, SGD momentum {t.momentum}, lr {t.lr} '
-        f'({t.schedule}, {t.warmup_steps} warm-up steps), weight decay {t.weight_decay}'
+        f'({t.schedule}, {t.warmup_steps} steps of {t.warmup} warm-up), weight decay '
+        f'{t.weight_decay}'
     )
     intro = (
         f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
@@ -1260,14 +1274,11 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
     blocks.append(
         (
             'ul',
-            [
-                f'**Fig. {f["figure"]} ({f["verdict"]}).** {f["text"]} *Paper:* {f["paper"]}'
-                for f in findings
-            ],
+            [f'Fig. {f["figure"]}, {f["id"]}: **{f["verdict"]}**' for f in findings],
         )
     )
     for number, (title, _) in SECTIONS.items():
-        blocks.append(('h2', f'Figure {number}: {title}'))
+        blocks.append(('h3', f'Figure {number}: {title}'))
         fig = figures.get(number)
         if fig:
             blocks.append(('img', fig['path'], f'Figure {number}: {title}'))
@@ -1275,7 +1286,7 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
             blocks.append(('p', '*Not drawn yet: its runs or inspection are missing.*'))
         for f in findings:
             if f['figure'] == number:
-                blocks.append(('p', f'**{f["verdict"].capitalize()}.** {f["text"]}'))
+                blocks.append(('p', f'**{_cap(f["verdict"])}.** {f["text"]}'))
                 blocks.append(('p', f'*Paper:* {f["paper"]}'))
     return blocks
 
@@ -1288,6 +1299,8 @@ def render_markdown(blocks: list[tuple], workdir: str) -> str:
             lines += [f'# {args[0]}', '']
         elif kind == 'h2':
             lines += [f'## {args[0]}', '']
+        elif kind == 'h3':
+            lines += [f'### {args[0]}', '']
         elif kind == 'p':
             lines += [args[0], '']
         elif kind == 'ul':
@@ -1315,7 +1328,7 @@ def render_html(blocks: list[tuple]) -> str:
     """A self-contained HTML page for the report blocks: figures as base64 PNG data URIs."""
     body = []
     for kind, *args in blocks:
-        if kind in ('h1', 'h2'):
+        if kind in ('h1', 'h2', 'h3'):
             body.append(f'<{kind}>{html.escape(args[0])}</{kind}>')
         elif kind == 'p':
             body.append(f'<p>{_inline_html(args[0])}</p>')
