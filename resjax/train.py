@@ -288,7 +288,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     update=update,
                 )
                 previous_params = None
-                row['hessian/two_over_lr'] = 2.0 / float(schedule(step))
+                lr = float(schedule(step))
+                if lr > 0:  # (0 during a linear warm-up's first step)
+                    row['hessian/two_over_lr'] = 2.0 / lr
                 writer.write(step, row)
             if hessian_every and (step + 1) % hessian_every == 0:
                 # Keep the start point of this update for the next probe's update curvature
