@@ -435,13 +435,13 @@ def inspect_options(inspect_config: ml_collections.ConfigDict) -> dict:
 def run_inspection(
     inspect_config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str
 ) -> dict[str, str]:
-    """Draws figures 5-7 with the inspection library (`resjax.inspect_lib.inspect`) on the final
+    """Draws figures 5-7 with the inspection library (`resjax.inspection.inspect`) on the final
     checkpoints of `inspection_targets`, into `<workdir>/inspect/<figure>/`. A figure whose
     runs, checkpoints and options are those of its last drawing is not redrawn. Returns
     {figure: error message} for figures that could not be drawn (the report shows them)."""
-    from resjax import inspect_lib  # Import here: the study's training part does not need it.
+    from resjax import inspection  # Import here: the study's training part does not need it.
 
-    opts = inspect_lib.Options(**inspect_options(inspect_config))
+    opts = inspection.Options(**inspect_options(inspect_config))
     errors = {}
     for figure, targets in inspection_targets(specs, inspect_config.max_depth).items():
         if figure not in inspect_config.figures:
@@ -463,7 +463,7 @@ def run_inspection(
         logging.info('study: inspection %s of %s', figure, [s.name for s in ready])
         start = time.perf_counter()
         try:
-            inspect_lib.inspect([s.workdir for s in ready], [figure], out_dir, opts)
+            inspection.inspect([s.workdir for s in ready], [figure], out_dir, opts)
         except Exception as e:  # noqa: BLE001 (the report says what failed; the study goes on)
             logging.exception('study: inspection %s failed', figure)
             errors[figure] = f'{type(e).__name__}: {e}'.splitlines()[0]

@@ -13,13 +13,13 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from resjax import inspect_lib
+from resjax import inspection
 
-D = inspect_lib.Options()
+D = inspection.Options()
 flags.DEFINE_multi_string('workdir', None, 'Run directories (repeat to compare on one figure).')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest of each workdir).')
 flags.DEFINE_string('out', None, 'Directory for figures and numbers.')
-flags.DEFINE_list('probes', ['summary'], f'Comma-separated: {",".join(inspect_lib.PROBES)}.')
+flags.DEFINE_list('probes', ['summary'], f'Comma-separated: {",".join(inspection.PROBES)}.')
 flags.DEFINE_integer('examples', D.examples, 'Probe examples K (first K training examples).')
 flags.DEFINE_integer('batch', D.batch, 'Examples per forward / HVP call.')
 flags.DEFINE_enum('bn_mode', D.bn_mode, ['eval', 'train'], 'BatchNorm mode of loss probes.')
@@ -64,11 +64,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     jax.devices()
     logging.set_verbosity(verbosity)
-    names = [f.name for f in inspect_lib.dataclasses.fields(inspect_lib.Options)]
-    opts = inspect_lib.Options(**{n: FLAGS[n].value for n in names})
+    names = [f.name for f in inspection.dataclasses.fields(inspection.Options)]
+    opts = inspection.Options(**{n: FLAGS[n].value for n in names})
     try:
-        results = inspect_lib.inspect(FLAGS.workdir, FLAGS.probes, FLAGS.out, opts, FLAGS.step)
-    except inspect_lib.InspectError as e:
+        results = inspection.inspect(FLAGS.workdir, FLAGS.probes, FLAGS.out, opts, FLAGS.step)
+    except inspection.InspectError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     for name, seconds in results['timings'].items():

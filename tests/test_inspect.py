@@ -1,4 +1,4 @@
-"""Checkpoint inspection (resjax.inspect_lib, resjax.landscape, scripts/inspect_checkpoint.py)
+"""Checkpoint inspection (resjax.inspection, resjax.landscape, scripts/inspect_checkpoint.py)
 on one tiny digits run trained once for the module."""
 
 import dataclasses
@@ -16,10 +16,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from resjax import config_lib, inspect_lib, landscape, train, xla
+from resjax import config_lib, inspection, landscape, train, xla
 
 SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'inspect_checkpoint.py')
-OPTS = inspect_lib.Options(examples=48, batch=24, grid=5, chunk=4)
+OPTS = inspection.Options(examples=48, batch=24, grid=5, chunk=4)
 
 
 @pytest.fixture(scope='module')
@@ -44,7 +44,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run(workdir):
-    return inspect_lib.load_run(workdir, batch=OPTS.batch)
+    return inspection.load_run(workdir, batch=OPTS.batch)
 
 
 def _hashes(root):
@@ -62,14 +62,14 @@ def _hashes(root):
 
 def test_filter_normalised_directions_have_the_weight_filter_norms(run):
     params = run.state.params
-    d = inspect_lib._direction_fn('zero', params)(jax.random.PRNGKey(0), params)
+    d = inspection._direction_fn('zero', params)(jax.random.PRNGKey(0), params)
     norms = jax.jit(landscape.filter_norms)
     for dn, wn in zip(jax.tree.leaves(norms(d)), jax.tree.leaves(norms(params))):
         np.testing.assert_allclose(dn, wn, rtol=1e-5)
     for dl, wl in zip(jax.tree.leaves(d), jax.tree.leaves(params)):
         if wl.ndim == 1:
             assert not np.any(dl)  # biases and BN parameters zeroed (Li et al.'s default)
-    included = inspect_lib._direction_fn('include', params)(jax.random.PRNGKey(0), params)
+    included = inspection._direction_fn('include', params)(jax.random.PRNGKey(0), params)
     bn = run.state.params['000_stem']['norm']['bn']['scale']
     np.testing.assert_array_equal(included['000_stem']['norm']['bn']['scale'], bn)
 
@@ -95,21 +95,21 @@ def _rescaled(run, c):
 
 
 def test_normalised_1d_curve_is_invariant_to_conv_filter_scale(run):
-    a = inspect_lib.landscape_1d(run, OPTS)
-    b = inspect_lib.landscape_1d(_rescaled(run, 3.0), OPTS)
+    a = inspection.landscape_1d(run, OPTS)
+    b = inspection.landscape_1d(_rescaled(run, 3.0), OPTS)
     assert np.ptp(a['loss']) > 0.1  # The curve is not flat: the test can fail.
     np.testing.assert_allclose(a['loss'], b['loss'], rtol=2e-4)
 
 
 def test_landscape_origin_is_the_eval_loss_on_the_same_examples(run):
-    batches = inspect_lib.probe_batches(run, OPTS)
-    base = inspect_lib.evaluate(run, batches)
-    r = inspect_lib.landscape_2d(run, dataclasses.replace(OPTS, grid=3))
+    batches = inspection.probe_batches(run, OPTS)
+    base = inspection.evaluate(run, batches)
+    r = inspection.landscape_2d(run, dataclasses.replace(OPTS, grid=3))
     assert r['loss'].shape == (3, 3)
     np.testing.assert_allclose(r['loss'][1, 1], base['loss'], rtol=1e-5)
     np.testing.assert_allclose(r['accuracy'][1, 1], base['accuracy'])
     # Direct: mean cross-entropy in BN eval mode over those 48 examples.
-    ex = inspect_lib.train_examples(run, OPTS.examples)
+    ex = inspection.train_examples(run, OPTS.examples)
     variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
     logits = run.model.apply(variables, jnp.asarray(ex['image']), train=False)
     loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ex['label'][:, None], 1))
@@ -117,48 +117,48 @@ def test_landscape_origin_is_the_eval_loss_on_the_same_examples(run):
 
 
 def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
-    batches = inspect_lib.probe_batches(run, OPTS)
-    r = inspect_lib.interpolation(run, OPTS)
+    batches = inspection.probe_batches(run, OPTS)
+    r = inspection.interpolation(run, OPTS)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
     init = dataclasses.replace(run, state=xla.run_once(run.initial_state))
-    np.testing.assert_allclose(loss[0.0], inspect_lib.evaluate(init, batches)['loss'], rtol=1e-5)
-    np.testing.assert_allclose(loss[1.0], inspect_lib.evaluate(run, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[0.0], inspection.evaluate(init, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[1.0], inspection.evaluate(run, batches)['loss'], rtol=1e-5)
     assert r['alphas'][0] == -0.5 and r['alphas'][-1] == 1.5
-    other = inspect_lib.load_run(workdir, step=3, batch=OPTS.batch)
-    r = inspect_lib.interpolation(run, OPTS, other)
+    other = inspection.load_run(workdir, step=3, batch=OPTS.batch)
+    r = inspection.interpolation(run, OPTS, other)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
-    np.testing.assert_allclose(loss[0.0], inspect_lib.evaluate(other, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[0.0], inspection.evaluate(other, batches)['loss'], rtol=1e-5)
 
 
 def _lesioned(run, block):
-    state = run.state.replace(params=inspect_lib.lesion_params(run, block))
+    state = run.state.replace(params=inspection.lesion_params(run, block))
     return dataclasses.replace(run, state=state)
 
 
 def test_lesion_removes_exactly_the_residual_branch(run):
-    blocks = inspect_lib.residual_blocks(run)
+    blocks = inspection.residual_blocks(run)
     assert [b['shortcut'] for b in blocks] == ['identity', 'identity_pad', 'identity_pad']
     name = blocks[0]['block']
     # The block's output is its input: branch gone, identity shortcut kept.
-    images = jnp.asarray(inspect_lib.train_examples(run, 8)['image'])
+    images = jnp.asarray(inspection.train_examples(run, 8)['image'])
     lesioned = _lesioned(run, name)
     variables = {'params': lesioned.state.params, 'batch_stats': run.state.batch_stats}
     _, inter = run.model.apply(variables, images, train=False, mutable=['intermediates'])
     inter = inter['intermediates']
     np.testing.assert_array_equal(inter[name]['output'][0], inter['000_stem']['output'][0])
     # A real lesion changes the test loss; one of a block whose branch is already zero does not.
-    batches = inspect_lib.test_batches(run)
-    intact = inspect_lib.evaluate(run, batches)['loss']
-    assert abs(inspect_lib.evaluate(lesioned, batches)['loss'] - intact) > 1e-3
+    batches = inspection.test_batches(run)
+    intact = inspection.evaluate(run, batches)['loss']
+    assert abs(inspection.evaluate(lesioned, batches)['loss'] - intact) > 1e-3
     zero_branch = dataclasses.replace(run, state=lesioned.state)
     again = _lesioned(zero_branch, name)
     assert (
-        inspect_lib.evaluate(again, batches)['loss']
-        == inspect_lib.evaluate(zero_branch, batches)['loss']
+        inspection.evaluate(again, batches)['loss']
+        == inspection.evaluate(zero_branch, batches)['loss']
     )
     plain = run.config.copy_and_resolve_references()
     plain.model.residual = False
-    assert inspect_lib.residual_blocks(dataclasses.replace(run, config=plain)) == []
+    assert inspection.residual_blocks(dataclasses.replace(run, config=plain)) == []
 
 
 def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):
@@ -166,7 +166,7 @@ def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):
     out = str(tmp_path / 'out')
     probes = ['summary', 'eval', 'landscape1d', 'landscape2d', 'interpolate', 'lesion']
     opts = dataclasses.replace(OPTS, eval_examples=48)
-    results = inspect_lib.inspect([workdir, workdir], probes, out, opts)
+    results = inspection.inspect([workdir, workdir], probes, out, opts)
     assert _hashes(workdir) == before
     assert set(results['timings']) == set(probes)
     # Two workdirs on one figure: side-by-side contours, one line / bar set each.
@@ -196,10 +196,10 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and 'nope' in lines[0] and 'does not exist' in lines[0], proc.stderr
-    with pytest.raises(inspect_lib.InspectError, match='no config.json'):
-        inspect_lib.load_run(str(tmp_path))
-    with pytest.raises(inspect_lib.InspectError, match=r'step 5 not found.*\[3, 6\]'):
-        inspect_lib.load_run(workdir, step=5)
+    with pytest.raises(inspection.InspectError, match='no config.json'):
+        inspection.load_run(str(tmp_path))
+    with pytest.raises(inspection.InspectError, match=r'step 5 not found.*\[3, 6\]'):
+        inspection.load_run(workdir, step=5)
     other = tmp_path / 'other'
     shutil.copytree(workdir, other)
     with open(other / 'config.json') as f:
@@ -207,8 +207,8 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
     config['model']['width'] = 0.5
     with open(other / 'config.json', 'w') as f:
         json.dump(config, f)
-    with pytest.raises(inspect_lib.InspectError, match='does not match its config.json model'):
-        inspect_lib.load_run(str(other))
+    with pytest.raises(inspection.InspectError, match='does not match its config.json model'):
+        inspection.load_run(str(other))
 
 
 def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
