@@ -37,7 +37,7 @@ def _shifted_inputs(
     """The kh*kw views x_pad[:, i::s, j::s, :] the kernel taps see, each shaped like the output."""
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = kernel_hw, strides
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    xp = _materialise(jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))))
     ho = (xp.shape[1] - kh) // sh + 1
     wo = (xp.shape[2] - kw) // sw + 1
     return [
@@ -47,6 +47,18 @@ def _shifted_inputs(
         for i in range(kh)
         for j in range(kw)
     ]
+
+
+def _materialise(x: jax.Array) -> jax.Array:
+    """`x`, computed into a buffer once. Without this, XLA:CPU fuses x's whole elementwise
+    producer chain (relu(bn(conv) + shortcut) back through the blocks) into each of the kh*kw
+    slices that read it; the fused computations grow with depth and ResNet-110's train step
+    took > 5 minutes to compile (37 s with XLA's own weight gradient). A conditional on a
+    traced predicate is a fusion boundary that XLA:CPU keeps (`lax.optimization_barrier` is
+    dropped by its pipeline); both branches are the identity.
+    """
+    first = x.reshape(-1)[0]
+    return lax.cond(first == first, lambda v: v, lambda v: v, x)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
