@@ -452,11 +452,9 @@ def main(argv):
         batches = [int(b) for b in FLAGS.batch if b.isdigit() and int(b) > 0]
         if len(batches) != len(FLAGS.batch) or FLAGS.steps <= 0 or FLAGS.max_hvps <= 0:
             raise ValueError('--batch, --steps and --max_hvps must be positive integers')
-        for name in FLAGS.models:
-            model_config(name)
-        bad = set(FLAGS.weight_grad) - set(models.WEIGHT_GRADS)
-        if bad:
-            raise ValueError(f'--weight_grad {sorted(bad)}: use {models.WEIGHT_GRADS}')
+        for name in FLAGS.models:  # Validates the model config, weight_grad included.
+            for weight_grad in FLAGS.weight_grad:
+                model_config(name, weight_grad=weight_grad)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
