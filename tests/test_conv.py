@@ -13,18 +13,24 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 @pytest.mark.parametrize(
-    'kernel,strides,padding',
-    [(3, 1, (1, 1)), (3, 2, (1, 1)), (5, 2, (2, 2)), (3, 1, (0, 2))],
+    'kernel,strides,pads',
+    [
+        ((3, 3), (1, 1), ((1, 1), (1, 1))),
+        ((3, 3), (2, 2), ((1, 1), (1, 1))),
+        ((5, 5), (2, 2), ((2, 2), (2, 2))),
+        ((3, 3), (1, 1), ((0, 2), (0, 2))),
+        ((3, 2), (3, 2), ((1, 0), (2, 1))),  # Polyphase with unequal strides and phases.
+        ((2, 4), (1, 3), ((0, 0), (1, 2))),
+    ],
 )
-def test_gradients_and_hvp_match_xla(x64, kernel, strides, padding):
+def test_gradients_and_hvp_match_xla(x64, kernel, strides, pads):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 9, 8, 4))
-    w = rng.normal(size=(kernel, kernel, 4, 5))
-    pads = (padding, padding)
+    w = rng.normal(size=(*kernel, 4, 5))
 
     def loss(conv_fn):
         def f(x, w):
-            y = conv_fn(x, w, (strides, strides), pads, dimension_numbers=NHWC)
+            y = conv_fn(x, w, strides, pads, dimension_numbers=NHWC)
             return jnp.sum(jnp.tanh(y) ** 2)
 
         return f
@@ -78,9 +84,21 @@ def test_resnet_gradients_same_with_either_weight_gradient():
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
 
 
-def test_auto_uses_matmuls_only_on_cpu_for_large_maps():
-    cpu = jax.default_backend() == 'cpu'
-    assert conv.use_matmul_weight_grad('auto', (32, 32)) == cpu
-    assert not conv.use_matmul_weight_grad('auto', (16, 16))
-    assert conv.use_matmul_weight_grad('matmul', (8, 8))
-    assert not conv.use_matmul_weight_grad('xla', (32, 32))
+@pytest.mark.parametrize(
+    'weight_grad,kernel,pads,expected',
+    [
+        ('auto', 3, 1, jax.default_backend() == 'cpu'),
+        ('matmul', 3, 1, True),
+        ('xla', 3, 1, False),
+        ('matmul', 1, 0, False),  # 1x1: XLA's weight gradient is already one matmul.
+        ('matmul', 3, -1, False),  # Negative (cropping) padding: left to XLA.
+    ],
+)
+def test_which_convolutions_take_the_matmul_form(weight_grad, kernel, pads, expected):
+    def f(x, w):
+        return conv.conv_general_dilated(
+            x, w, (1, 1), ((pads, pads),) * 2, dimension_numbers=NHWC, weight_grad=weight_grad
+        )
+
+    jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((kernel, kernel, 2, 3)))
+    assert ('custom_jvp_call' in str(jaxpr)) == expected

@@ -2,9 +2,10 @@
 
 XLA lowers the weight gradient of a convolution (dL/dW) to another convolution whose "kernel"
 is the whole activation map. On CPU that is the slow part of a ResNet train step: a 16->16
-3x3 conv on 128x32x32 inputs takes ~12 ms forward, ~10 ms for dL/dx and ~240 ms for dL/dW
-(docs/notes.md). Written as kh*kw matmuls of shifted inputs against the output gradient,
-dL/dW[i, j] = sum_{n,h,w} x_pad[n, h*s + i, w*s + j, :]^T dy[n, h, w, :], it takes ~85 ms.
+3x3 conv on 128x32x32 inputs takes ~12 ms forward, ~10 ms for dL/dx and ~250 ms for dL/dW
+(docs/notes.md). Written as one matmul per kernel tap,
+dL/dW[i, j] = sum_{n,h,w} x_pad[n, h*s + i, w*s + j, :]^T dy[n, h, w, :], with each tap's
+input a contiguous row range of the flattened padded input (`_flat_taps`), it takes ~30 ms.
 
 `conv_general_dilated` below is a drop-in for `jax.lax.conv_general_dilated` (Flax's
 `nn.Conv(conv_general_dilated=...)`). The forward pass and dL/dx are XLA's own; only dL/dW
@@ -24,29 +25,7 @@ from jax import lax
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
-# Below this many output pixels per image XLA's own weight gradient is as fast or faster
-# (batch 128, 3x3: 32x32x16 XLA 240 ms vs matmuls 87 ms; 16x16x32 48 vs 59; 8x8x64 22 vs 19).
-MIN_OUTPUT_PIXELS = 32 * 32
-
 WEIGHT_GRADS = ('auto', 'xla', 'matmul')
-
-
-def _shifted_inputs(
-    x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], padding: tuple
-) -> list[jax.Array]:
-    """The kh*kw views x_pad[:, i::s, j::s, :] the kernel taps see, each shaped like the output."""
-    n, _, _, c = x.shape
-    (kh, kw), (sh, sw) = kernel_hw, strides
-    xp = _materialise(jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))))
-    ho = (xp.shape[1] - kh) // sh + 1
-    wo = (xp.shape[2] - kw) // sw + 1
-    return [
-        lax.slice(
-            xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
 
 
 def _materialise(x: jax.Array) -> jax.Array:
@@ -77,16 +56,59 @@ def _conv_jvp(strides, padding, precision, primals, tangents):
     # Linear in dx: XLA's convolution (its transpose is XLA's fast input gradient).
     dy = _conv(dx, w, strides, padding, precision)
     # Linear in dw: one matmul per kernel tap (its transpose is the fast weight gradient).
-    for k, shifted in enumerate(_shifted_inputs(x, (kh, kw), strides, padding)):
-        dy = dy + jnp.matmul(shifted, dw[k // kw, k % kw], precision=precision).astype(dy.dtype)
-    return y, dy
+    return y, dy + _tap_matmuls(x, dw, strides, padding, precision).astype(dy.dtype)
 
 
-def use_matmul_weight_grad(weight_grad: str, output_hw: tuple[int, int]) -> bool:
-    """Whether `weight_grad` ('auto', 'xla' or 'matmul') picks the matmul form for a conv
-    with this output size: 'auto' does on the CPU backend for maps of >= 32x32 pixels."""
+def _tap_matmuls(
+    x: jax.Array, w: jax.Array, strides: tuple, padding: tuple, precision: Any
+) -> jax.Array:
+    """The convolution of x with w as one matmul per kernel tap, for any stride.
+
+    A stride-s convolution is the sum over the s*s phases (p, q) of the padded input,
+    x_pad[:, p::s, q::s], of stride-1 convolutions with the kernel taps w[p::s, q::s]
+    (its polyphase form); each of those is `_flat_taps`.
+    """
+    (kh, kw), (sh, sw) = w.shape[:2], strides
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    if (sh, sw) == (1, 1):
+        return _flat_taps(xp, w, precision)
+    return sum(
+        _flat_taps(xp[:, p::sh, q::sw], w[p::sh, q::sw], precision)[:, :ho, :wo]
+        for p in range(min(sh, kh))
+        for q in range(min(sw, kw))
+    )
+
+
+def _flat_taps(xp: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
+    """The stride-1, unpadded ('VALID') convolution of xp with w as kh*kw matmuls of
+    *contiguous* row ranges.
+
+    With xp flattened to one row of C values per pixel (n, h, w), kernel tap (i, j) reads
+    the row i*W + j further on, for every output pixel at once: one contiguous slice of
+    the flat array, which XLA copies at memory speed (a strided 4-D slice costs ~5x more).
+    Rows that run off an image's right or bottom edge compute garbage that the final slice
+    drops. Transposed (the weight gradient), each tap is one (C, rows) x (rows, C_out)
+    matmul of a row range against the zero-padded output gradient.
+    """
+    n, hp, wp, c = xp.shape
+    kh, kw = w.shape[:2]
+    rows = n * hp * wp
+    flat = _materialise(jnp.pad(xp.reshape(rows, c), ((0, (kh - 1) * wp + kw - 1), (0, 0))))
+    out = sum(
+        jnp.matmul(flat[i * wp + j : i * wp + j + rows], w[i, j], precision=precision)
+        for i in range(kh)
+        for j in range(kw)
+    )
+    return out.reshape(n, hp, wp, -1)[:, : hp - kh + 1, : wp - kw + 1]
+
+
+def use_matmul_weight_grad(weight_grad: str) -> bool:
+    """Whether `weight_grad` ('auto', 'xla' or 'matmul') picks the matmul form: 'auto' does on
+    the CPU backend (faster there at every ResNet layer shape, docs/notes.md) and leaves the
+    weight gradient to XLA on GPU and TPU, whose convolution libraries are fast."""
     if weight_grad == 'auto':
-        return jax.default_backend() == 'cpu' and output_hw[0] * output_hw[1] >= MIN_OUTPUT_PIXELS
+        return jax.default_backend() == 'cpu'
     return weight_grad == 'matmul'
 
 
@@ -128,6 +150,7 @@ def conv_general_dilated(
         lhs.ndim == 4
         and not isinstance(padding, str)
         and not dilated
+        and all(lo >= 0 and hi >= 0 for lo, hi in padding)
         and feature_group_count == 1
         and preferred_element_type is None
         and rhs.shape[:2] != (1, 1)
@@ -136,11 +159,8 @@ def conv_general_dilated(
     )
     if not simple:
         return fallback()
+    if not use_matmul_weight_grad(weight_grad):
+        return fallback()
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    output_hw = tuple(
-        (lhs.shape[1 + a] + sum(pads[a]) - rhs.shape[a]) // strides[a] + 1 for a in (0, 1)
-    )
-    if not use_matmul_weight_grad(weight_grad, output_hw):
-        return fallback()
     return _conv(lhs, rhs, strides, pads, precision)
