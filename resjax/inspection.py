@@ -635,7 +635,7 @@ def _direction_fn(biasbn: str, params: PyTree) -> Callable[[jax.Array, PyTree], 
 def mean_gradient(run: Run, batches: list[dict], bn_mode: str) -> PyTree:
     """Gradient of the mean loss over every unmasked example of `batches` at the checkpoint."""
 
-    @jax.jit
+    @xla.jit
     def grad(params, batch):
         return jax.grad(hessian.mean_loss_fn(run.model, run.state.batch_stats, batch, bn_mode))(
             params
@@ -1073,7 +1073,7 @@ def signal_metrics(run: Run, batch: dict) -> dict[str, float]:
     `relu_zero/`, `gsc/`, `grad_norm/global`, `probe/loss` (update ratios need an update and
     are absent)."""
 
-    @jax.jit
+    @xla.jit
     def run_probe(params, batch_stats, batch):
         loss, _, new_vars, grads, act_grads = steps.loss_and_grads(
             run.model, params, batch_stats, batch, probes=True

@@ -26,6 +26,7 @@ import optax.tree_utils as otu
 from absl import logging
 from jax.flatten_util import ravel_pytree
 
+from resjax import xla
 from resjax.steps import cross_entropy
 
 PyTree = Any
@@ -252,7 +253,7 @@ def make_flat_hvp(
     keeps convolutions at top level, where XLA:CPU is fast; docs/notes.md)."""
     _, unravel = ravel_pytree(params)
 
-    @jax.jit
+    @xla.jit
     def hvp_batch(params, batch, v):
         tangent = jax.jvp(jax.grad(lambda p: loss_of(p, batch)), (params,), (unravel(v),))[1]
         return ravel_pytree(tangent)[0]

@@ -203,9 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         state = parallel.replicate(state)
     else:
         make_step = functools.partial(steps.make_train_step, model, tx, schedule)
-        train_step = jax.jit(make_step(), donate_argnums=0)
-        probe_step = jax.jit(make_step(probes=True), donate_argnums=0)
-        eval_step = jax.jit(steps.make_eval_step(model))
+        train_step = xla.jit(make_step(), donate_argnums=0)
+        probe_step = xla.jit(make_step(probes=True), donate_argnums=0)
+        eval_step = xla.jit(steps.make_eval_step(model))
         put_batch = functools.partial(parallel.shard_batch, mesh=mesh)
 
     def host(tree):

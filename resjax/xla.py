@@ -12,6 +12,22 @@ import jax
 # passes and ~2.5 s with these. The random numbers are the same (integer ops, exact).
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
+# For train steps, gradients and HVPs on the CPU backend. jaxlib 0.10's default XLA:CPU
+# scheduler orders independent ops to run concurrently; for the matmul weight gradient
+# (resjax/models/conv.py) that means all kh*kw contiguous tap slices of a layer are copied
+# first and multiplied later, each after it has left the cache. The memory-optimised order
+# multiplies each slice right after copying it: the weight gradient of a 16->16 3x3 conv at
+# 128x32x32 takes 35 ms instead of 73-88 ms, and a ResNet-20 train step ~10% less.
+CPU_STEP_OPTIONS = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+
+
+def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Any:
+    """`jax.jit(fn, **jit_kwargs)` with CPU_STEP_OPTIONS when the default backend is the CPU
+    (no options elsewhere). For the functions that run every step: train/eval steps, HVPs."""
+    if jax.default_backend() == 'cpu':
+        jit_kwargs.setdefault('compiler_options', CPU_STEP_OPTIONS)
+    return jax.jit(fn, **jit_kwargs)
+
 
 def run_once(fn: Callable[..., Any], *args: Any, **jit_kwargs: Any) -> Any:
     """`jax.jit(fn, **jit_kwargs)(*args)` compiled with FAST_COMPILE, for one-off functions."""

@@ -110,7 +110,7 @@ def time_train_step(model, tx, schedule, state, batch, num_steps: int, **step_kw
     The state is donated, as in training; returns (the state after the timed steps, record
     fields).
     """
-    step = jax.jit(steps.make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
+    step = xla.jit(steps.make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
     compiled, compile_s = compile_timed(step, state, batch)
     holder = [state]
 
@@ -147,13 +147,13 @@ def time_curvature(model, state, batch, num_calls: int, max_hvps: int, log) -> d
     def grad(params, batch_stats, batch):
         return jax.grad(loss_at(batch_stats, batch))(params)
 
-    grad_fn, grad_compile = compile_timed(jax.jit(grad), *args)
+    grad_fn, grad_compile = compile_timed(xla.jit(grad), *args)
     grad_times = time_calls(lambda: grad_fn(*args), num_calls)
 
     def hvp(params, batch_stats, batch, v):
         return curvature.hvp(loss_at(batch_stats, batch), params, v)
 
-    hvp_fn, hvp_compile = compile_timed(jax.jit(hvp), *args, v)
+    hvp_fn, hvp_compile = compile_timed(xla.jit(hvp), *args, v)
     hvp_times = time_calls(lambda: hvp_fn(*args, v), num_calls)
 
     grad_ms, hvp_ms = 1e3 * statistics.median(grad_times), 1e3 * statistics.median(hvp_times)

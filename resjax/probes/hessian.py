@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
+from resjax import xla
 from resjax.probes import curvature
 from resjax.steps import cross_entropy
 
@@ -80,13 +81,13 @@ def make_sharpness_probe(
     def loss_of(params, batch_stats, batch):
         return mean_loss_fn(model, batch_stats, batch, bn_mode)
 
-    @jax.jit
+    @xla.jit
     def hvp_dot(params, batch_stats, batch, v, shift):
         hv = curvature.hvp(loss_of(params, batch_stats, batch), params, v)
         hv = otu.tree_add_scale(hv, -shift, v)
         return hv, otu.tree_vdot(hv, v)
 
-    @jax.jit
+    @xla.jit
     def grad_curvature(params, batch_stats, batch):
         loss = loss_of(params, batch_stats, batch)
         return curvature.directional_curvature(
