@@ -25,6 +25,12 @@ flags.DEFINE_bool(
     os.environ.get('RESJAX_DISTRIBUTED', '') not in ('', '0'),
     'Start jax.distributed first (multi-host); default from RESJAX_DISTRIBUTED=1.',
 )
+flags.DEFINE_string(
+    'compilation_cache',
+    os.environ.get('JAX_COMPILATION_CACHE_DIR', '~/.cache/resjax/xla'),
+    "JAX's persistent compilation cache ('' = off): rerunning or resuming the same model "
+    'and batch shape loads the compiled steps (ResNet-20 step on CPU: 10 s -> 3 s).',
+)
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (auto on TPU VMs).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (auto on TPU VMs).')
 flags.DEFINE_integer('process_id', None, "This process's index (auto on TPU VMs).")
@@ -53,6 +59,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if FLAGS.compilation_cache:
+        jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
     if FLAGS.distributed:  # Before any JAX computation.
         parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
