@@ -1,12 +1,14 @@
 """The matmul weight-gradient convolution against XLA's own, in float64."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from resjax import config_lib, models
+from resjax import config_lib, models, xla
 from resjax.models import conv
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -87,7 +89,7 @@ def test_resnet_gradients_same_with_either_weight_gradient():
 @pytest.mark.parametrize(
     'weight_grad,kernel,pads,expected',
     [
-        ('auto', 3, 1, jax.default_backend() == 'cpu'),
+        ('auto', 3, 1, False),  # XLA's own: fast under resjax.xla.CPU_STEP_OPTIONS.
         ('matmul', 3, 1, True),
         ('xla', 3, 1, False),
         ('matmul', 1, 0, False),  # 1x1: XLA's weight gradient is already one matmul.
@@ -102,3 +104,23 @@ def test_which_convolutions_take_the_matmul_form(weight_grad, kernel, pads, expe
 
     jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((kernel, kernel, 2, 3)))
     assert ('custom_jvp_call' in str(jaxpr)) == expected
+
+
+def _library_fused_convolutions(hlo: str) -> int:
+    """Convolutions inside custom (YNNPACK/XNNPACK library) fusions of compiled HLO text."""
+    comps = re.findall(r'^%(\S+) .*?\{\n(.*?)\n\}', hlo, re.M | re.S)
+    with_conv = {name for name, body in comps if ' convolution(' in body}
+    return sum(n in with_conv for n in re.findall(r'kind=kCustom, calls=%([\w.\-]+)', hlo))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='CPU compile options')
+def test_cpu_step_options_keep_convolutions_in_xla():
+    def grad(x, w):
+        conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
+        return jax.grad(lambda w: jnp.sum(conv(w) ** 2))(w)
+
+    args = (jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 32)))
+    assert _library_fused_convolutions(xla.jit(grad).lower(*args).compile().as_text()) == 0
+    default = jax.jit(grad).lower(*args).compile().as_text()
+    if _library_fused_convolutions(default) == 0:
+        pytest.skip("this jaxlib's defaults already keep convolutions in XLA")
