@@ -104,13 +104,19 @@ def compile_timed(fn: Callable, *args):
     return compiled, time.perf_counter() - start
 
 
-def time_train_step(model, tx, schedule, state, batch, num_steps: int, **step_kwargs):
+def time_train_step(
+    model, tx, schedule, state, batch, num_steps: int, compiler_options=None, **step_kwargs
+):
     """Compiles and times one train-step variant (`step_kwargs` go to steps.make_train_step).
 
     The state is donated, as in training; returns (the state after the timed steps, record
     fields).
     """
-    step = xla.jit(steps.make_train_step(model, tx, schedule, **step_kwargs), donate_argnums=0)
+    step = xla.jit(
+        steps.make_train_step(model, tx, schedule, **step_kwargs),
+        donate_argnums=0,
+        compiler_options=compiler_options,
+    )
     compiled, compile_s = compile_timed(step, state, batch)
     holder = [state]
 
@@ -131,7 +137,9 @@ def synthetic_batch(batch_size: int, shape, classes: int) -> dict:
     }
 
 
-def time_curvature(model, state, batch, num_calls: int, max_hvps: int, log) -> dict:
+def time_curvature(
+    model, state, batch, num_calls: int, max_hvps: int, log, compiler_options=None
+) -> dict:
     """One gradient vs one HVP of the same loss (medians), and power iteration to LAMBDA_TOL.
 
     `lambda_max` is the algebraic top eigenvalue from the train loop's sharpness probe.
@@ -147,13 +155,14 @@ def time_curvature(model, state, batch, num_calls: int, max_hvps: int, log) -> d
     def grad(params, batch_stats, batch):
         return jax.grad(loss_at(batch_stats, batch))(params)
 
-    grad_fn, grad_compile = compile_timed(xla.jit(grad), *args)
+    jit = functools.partial(xla.jit, compiler_options=compiler_options)
+    grad_fn, grad_compile = compile_timed(jit(grad), *args)
     grad_times = time_calls(lambda: grad_fn(*args), num_calls)
 
     def hvp(params, batch_stats, batch, v):
         return curvature.hvp(loss_at(batch_stats, batch), params, v)
 
-    hvp_fn, hvp_compile = compile_timed(xla.jit(hvp), *args, v)
+    hvp_fn, hvp_compile = compile_timed(jit(hvp), *args, v)
     hvp_times = time_calls(lambda: hvp_fn(*args, v), num_calls)
 
     grad_ms, hvp_ms = 1e3 * statistics.median(grad_times), 1e3 * statistics.median(hvp_times)
@@ -302,10 +311,13 @@ def run_benchmark(
     pipeline: bool = False,
     max_hvps: int = MAX_HVPS,
     weight_grads: Sequence[str] = ('auto',),
+    xla_options: Sequence[str] = ('resjax',),
     log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
     """One record per (model, batch, weight_grad); see the module docstring and
-    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare.
+    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare;
+    `xla_options` the compile options of the step, gradient and HVP: 'resjax'
+    (`resjax.xla.jit`'s, as training uses) and/or 'jax' (jaxlib's defaults).
 
     Every name is validated before anything compiles (ValueError, one line).
     """
@@ -319,11 +331,21 @@ def run_benchmark(
             log('torch: not installed (pip install torch, or the [torch] extra); skipped')
             torch = False
     device = jax.devices()[0]
-    jobs = [(name, b, g) for name in model_names for b in batches for g in weight_grads]
+    jobs = [
+        (name, b, g, o)
+        for name in model_names
+        for b in batches
+        for g in weight_grads
+        for o in xla_options
+    ]
     records, pipeline_cache, start = [], {}, time.perf_counter()
-    for i, (name, batch_size, weight_grad) in enumerate(jobs):
+    for i, (name, batch_size, weight_grad, options) in enumerate(jobs):
         config, shape, classes = configs[name, weight_grad]
-        log(f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype} weight_grad={weight_grad}')
+        log(
+            f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype} '
+            f'weight_grad={weight_grad} xla_options={options}'
+        )
+        compiler_options = {} if options == 'jax' else None  # None: xla.jit's.
 
         # ----- Model, optimizer, state, synthetic batch -----
         model = models.create_model(config.model, classes)
@@ -338,6 +360,7 @@ def run_benchmark(
             'batch': batch_size,
             'dtype': dtype,
             'weight_grad': weight_grad,
+            'xla_options': options,
             'params': num_params,
             'device': device.device_kind,
             'backend': jax.default_backend(),
@@ -345,14 +368,20 @@ def run_benchmark(
         }
 
         # ----- Curvature first: the train step donates (consumes) the state -----
-        curv = time_curvature(model, state, batch, num_steps, max_hvps, log) if hvp else {}
+        curv = {}
+        if hvp:
+            curv = time_curvature(model, state, batch, num_steps, max_hvps, log, compiler_options)
 
         # ----- Train step, and its variant with the per-layer signal probes -----
-        state, timing = time_train_step(model, tx, schedule, state, batch, num_steps)
+        state, timing = time_train_step(
+            model, tx, schedule, state, batch, num_steps, compiler_options
+        )
         record.update(timing)
         record['images_per_sec'] = batch_size / record['step_ms'] * 1e3
         if probes:
-            _, timing = time_train_step(model, tx, schedule, state, batch, num_steps, probes=True)
+            _, timing = time_train_step(
+                model, tx, schedule, state, batch, num_steps, compiler_options, probes=True
+            )
             record.update({f'probes_{k}': v for k, v in timing.items()})
             record['probes_overhead'] = record['probes_step_ms'] / record['step_ms']
         record.update(curv)
@@ -389,6 +418,7 @@ RECORD_COLUMNS = [
     ('batch', 'batch', '{}'),
     ('dtype', 'dtype', '{}'),
     ('weight_grad', 'weight_grad', '{}'),
+    ('xla_options', 'xla_options', '{}'),
     ('params', 'params', '{:,}'),
     ('compile_s', 'compile_s', '{:.1f}'),
     ('step_ms', 'step_ms', '{:.1f}'),
@@ -443,6 +473,12 @@ def define_flags() -> None:
     flags.DEFINE_list(
         'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, matmul.'
     )
+    flags.DEFINE_list(
+        'xla_options',
+        ['resjax'],
+        "Compile options to compare: resjax (resjax.xla.jit's, as training) and/or jax "
+        "(jaxlib's defaults). Step, gradient and HVP; lambda_max always uses resjax's.",
+    )
 
 
 def main(argv):
@@ -452,6 +488,8 @@ def main(argv):
         batches = [int(b) for b in FLAGS.batch if b.isdigit() and int(b) > 0]
         if len(batches) != len(FLAGS.batch) or FLAGS.steps <= 0 or FLAGS.max_hvps <= 0:
             raise ValueError('--batch, --steps and --max_hvps must be positive integers')
+        if set(FLAGS.xla_options) - {'resjax', 'jax'}:
+            raise ValueError(f'--xla_options={FLAGS.xla_options}: use resjax and/or jax')
         for name in FLAGS.models:  # Validates the model config, weight_grad included.
             for weight_grad in FLAGS.weight_grad:
                 model_config(name, weight_grad=weight_grad)
@@ -469,6 +507,7 @@ def main(argv):
         pipeline=FLAGS.pipeline,
         max_hvps=FLAGS.max_hvps,
         weight_grads=FLAGS.weight_grad,
+        xla_options=FLAGS.xla_options,
     )
     print(format_table(records))
     if FLAGS.json:
