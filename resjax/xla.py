@@ -29,9 +29,10 @@ CPU_STEP_OPTIONS = {
 
 def jit(fn: Callable[..., Any], **jit_kwargs: Any) -> Any:
     """`jax.jit(fn, **jit_kwargs)` with CPU_STEP_OPTIONS when the default backend is the CPU
-    (no options elsewhere). For the functions that run every step: train/eval steps, HVPs."""
-    if jax.default_backend() == 'cpu':
-        jit_kwargs.setdefault('compiler_options', CPU_STEP_OPTIONS)
+    and `compiler_options` is not given (or None); `compiler_options={}` means jaxlib's
+    defaults. For the functions that run every step: train/eval steps, gradients, HVPs."""
+    if jit_kwargs.get('compiler_options') is None and jax.default_backend() == 'cpu':
+        jit_kwargs['compiler_options'] = CPU_STEP_OPTIONS
     return jax.jit(fn, **jit_kwargs)
 
 

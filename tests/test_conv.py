@@ -124,3 +124,8 @@ def test_cpu_step_options_keep_convolutions_in_xla():
     default = jax.jit(grad).lower(*args).compile().as_text()
     if _library_fused_convolutions(default) == 0:
         pytest.skip("this jaxlib's defaults already keep convolutions in XLA")
+    # An explicit None is the default; {} is jaxlib's defaults.
+    none = xla.jit(grad, compiler_options=None).lower(*args).compile().as_text()
+    assert _library_fused_convolutions(none) == 0
+    jaxlib = xla.jit(grad, compiler_options={}).lower(*args).compile().as_text()
+    assert _library_fused_convolutions(jaxlib) > 0
