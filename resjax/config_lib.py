@@ -32,8 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.preactivation = False  # He et al. 2016 "Identity Mappings" block
     c.model.zero_init_last = False  # zero-init each block's last BN scale (Goyal et al. 2017)
     c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; params stay float32
-    # How conv weight gradients are computed (same numbers): 'auto' = 'xla' = XLA's own |
-    # 'matmul' = one matmul per kernel tap, for CPU code compiled without resjax.xla.jit.
+    # How conv weight gradients are computed (same numbers): 'auto' = one matmul per kernel
+    # tap on CPU (XLA's own in HVPs), XLA's own on GPU/TPU | 'xla' | 'matmul'.
     # See resjax/models/conv.py.
     c.model.weight_grad = 'auto'
 

@@ -1,13 +1,12 @@
 """A 2-D convolution whose weight gradient is a sum of matmuls, for XLA's CPU backend.
 
-With jaxlib 0.10's default CPU compile options XLA hands convolutions to YNNPACK, whose
-weight gradient (dL/dW) of a 16->16 3x3 conv on 128x32x32 inputs takes ~250 ms against
-~12 ms forward. Written as one matmul per kernel tap,
+XLA lowers the weight gradient of a convolution (dL/dW) to another convolution whose "kernel"
+is the whole activation map. With jaxlib 0.10's default CPU options that convolution runs in
+YNNPACK and takes ~250 ms for a 16->16 3x3 conv on 128x32x32 inputs (~12 ms forward); in
+Eigen (`resjax.xla.CPU_STEP_OPTIONS`) ~17 ms. Written as one matmul per kernel tap,
 dL/dW[i, j] = sum_{n,h,w} x_pad[n, h*s + i, w*s + j, :]^T dy[n, h, w, :], with each tap's
-input a contiguous row range of the flattened padded input (`_flat_taps`), it takes ~30 ms.
-Compiled with `resjax.xla.CPU_STEP_OPTIONS` (Eigen convolutions), XLA's own takes ~17 ms:
-that is what resjax's train steps and HVPs use, and `weight_grad='auto'` means XLA's own.
-The matmul form (`weight_grad='matmul'`) remains for functions compiled without them.
+input a contiguous row range of the flattened padded input (`_flat_taps`), it takes ~30 ms
+per layer, but a whole deep ResNet's step is faster this way (ResNet-110: 6.9 vs 12.0 s).
 
 `conv_general_dilated` below is a drop-in for `jax.lax.conv_general_dilated` (Flax's
 `nn.Conv(conv_general_dilated=...)`). The forward pass and dL/dx are XLA's own; only dL/dW
@@ -106,12 +105,12 @@ def _flat_taps(xp: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
 
 
 def use_matmul_weight_grad(weight_grad: str) -> bool:
-    """Whether `weight_grad` ('auto', 'xla' or 'matmul') picks the matmul form. 'auto' is XLA's
-    own everywhere: compiled with `resjax.xla.CPU_STEP_OPTIONS` (Eigen convolutions, as
-    resjax's steps and HVPs are), XLA:CPU's weight gradient is faster than the matmuls at
-    every CIFAR ResNet shape, and an HVP through it 1.5x faster. 'matmul' is for functions
-    compiled with jaxlib 0.10's default options, whose YNNPACK weight gradient is ~10x slower
-    (docs/notes.md)."""
+    """Whether `weight_grad` ('auto', 'xla' or 'matmul') picks the matmul form: 'auto' does on
+    the CPU backend (train step with resjax.xla.CPU_STEP_OPTIONS, batch 128: ResNet-110 6.9 s
+    vs 12.0 s with XLA's own, ResNet-20 the same; docs/notes.md) and leaves the weight
+    gradient to XLA on GPU and TPU. HVPs take XLA's own (`resjax.probes.hessian.mean_loss_fn`)."""
+    if weight_grad == 'auto':
+        return jax.default_backend() == 'cpu'
     return weight_grad == 'matmul'
 
 
