@@ -10,6 +10,7 @@ from jax import lax
 
 from resjax import config_lib, models, xla
 from resjax.models import conv
+from resjax.probes import hessian
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -103,7 +104,7 @@ def test_which_convolutions_take_the_matmul_form(weight_grad, kernel, pads, expe
         )
 
     jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((kernel, kernel, 2, 3)))
-    assert ('custom_jvp_call' in str(jaxpr)) == expected
+    assert ('name=_conv\n' in str(jaxpr)) == expected
 
 
 def _library_fused_convolutions(hlo: str) -> int:
@@ -129,3 +130,16 @@ def test_cpu_step_options_keep_convolutions_in_xla():
     assert _library_fused_convolutions(none) == 0
     jaxlib = xla.jit(grad, compiler_options={}).lower(*args).compile().as_text()
     assert _library_fused_convolutions(jaxlib) > 0
+
+
+@pytest.mark.parametrize('weight_grad,matmuls', [('auto', False), ('matmul', True)])
+def test_hessian_loss_takes_xlas_weight_gradient_for_auto(weight_grad, matmuls):
+    # HVPs evaluate the weight tangent forward, where XLA's convolution is the faster.
+    config = config_lib.default_config().model
+    config.update(depth=8, width=0.25, weight_grad=weight_grad)
+    model = models.create_model(config, 10)
+    batch = {'image': jnp.ones((2, 8, 8, 3)), 'label': jnp.zeros((2,), jnp.int32)}
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch['image']))
+    loss = lambda params, stats: hessian.mean_loss_fn(model, stats, batch, 'train')(params)
+    jaxpr = jax.make_jaxpr(loss)(variables['params'], variables['batch_stats'])
+    assert ('name=_conv\n' in str(jaxpr)) == matmuls
