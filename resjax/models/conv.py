@@ -52,7 +52,6 @@ def _conv(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple, precision:
 def _conv_jvp(strides, padding, precision, primals, tangents):
     x, w = primals
     dx, dw = tangents
-    kh, kw = w.shape[:2]
     y = _conv(x, w, strides, padding, precision)
     # Linear in dx: XLA's convolution (its transpose is XLA's fast input gradient).
     dy = _conv(dx, w, strides, padding, precision)
