@@ -15,8 +15,9 @@ per-layer signal probes (`steps.make_train_step(probes=True)`). `--hvp` adds one
 one Hessian-vector product of the mean loss on the same batch (BatchNorm in train mode, running
 statistics not updated) and the train loop's sharpness probe (`hessian.make_sharpness_probe`:
 algebraic lambda_max by power iteration to relative tolerance 1e-3, at most `--max_hvps`
-HVPs plus one for the gradient curvature), timed after its compile. `--torch` adds the same CIFAR
-model in PyTorch eager (float32 only). `--pipeline` adds the images/sec of the digits and
+HVPs plus one for the gradient curvature), timed after its compile. `--torch` adds the same
+model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and bfloat16 by
+autocast on a GPU; channels-last on a GPU). `--pipeline` adds the images/sec of the digits and
 synthetic input pipelines (numpy batches; TFDS is not timed, it needs downloaded data).
 
 Exit codes: 0 done; 2 bad flags (one line, before anything compiles).
@@ -245,25 +246,108 @@ def torch_resnet_cifar(depth: int, residual: bool, num_classes: int = 10):
     return net
 
 
-def time_torch(config, batch_size: int, num_steps: int, jax_params: int, hvp: bool, log) -> dict:
+def torch_resnet50_family(depth: int, residual: bool, num_classes: int = 1000):
+    """The ImageNet bottleneck ResNet (50/101/152) of `resjax.models` in PyTorch: 7x7/2 stem,
+    3x3/2 max-pool, stride on the 3x3 conv (as torchvision's "v1.5"), projection shortcuts where
+    the shape changes (option B), BN, no conv bias. Same parameter count as torchvision's."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def conv_bn(cin, cout, k, stride):
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)
+        )
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            cout = 4 * width
+            self.body = nn.Sequential(
+                conv_bn(cin, width, 1, 1),
+                nn.ReLU(),
+                conv_bn(width, width, 3, stride),
+                nn.ReLU(),
+                conv_bn(width, cout, 1, 1),
+            )
+            changes = residual and (stride != 1 or cin != cout)
+            self.shortcut = conv_bn(cin, cout, 1, stride) if changes else None
+
+        def forward(self, x):
+            y = self.body(x)
+            if residual:
+                y = y + (x if self.shortcut is None else self.shortcut(x))
+            return F.relu(y)
+
+    _, blocks = IMAGENET_STAGES[depth]
+    layers = [conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for stage, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for b in range(n):
+            layers.append(Bottleneck(cin, width, 2 if stage > 0 and b == 0 else 1))
+            cin = 4 * width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
+    return net
+
+
+def torch_model(config, num_classes: int):
+    """The PyTorch twin of `config.model` (CIFAR family, or ImageNet bottleneck depths)."""
+    m = config.model
+    if m.family == 'cifar':
+        return torch_resnet_cifar(m.depth, m.residual, num_classes)
+    return torch_resnet50_family(m.depth, m.residual, num_classes)
+
+
+def torch_supports(config) -> str | None:
+    """Why PyTorch cannot time `config` here (None if it can)."""
+    import torch
+
+    m = config.model
+    cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+    if m.family != 'cifar' and (m.depth not in (50, 101, 152) or m.shortcut != 'projection'):
+        return 'ImageNet family: bottleneck depths with projection shortcuts only'
+    if m.dtype != 'float32' and not cuda:
+        return 'bfloat16 on CUDA only'
+    return None
+
+
+def time_torch(
+    config, shape, classes: int, batch_size: int, num_steps: int, jax_params: int, hvp: bool, log
+) -> dict:
     """PyTorch eager: SGD step (momentum 0.9, wd 1e-4) and, with `hvp`, grad vs double-backward
-    HVP, on the same architecture and batch size. GPU if JAX runs on one and torch sees it."""
+    HVP, on the same architecture and batch size. On the GPU (if JAX runs on one and torch sees
+    it) in channels-last layout (NHWC, as XLA's), bfloat16 by autocast (float32 parameters,
+    bfloat16 convolutions and matmuls, as resjax's `model.dtype`)."""
+    import contextlib
+
     import torch
     from torch.nn import functional as F
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     use_cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+    torch.backends.cudnn.benchmark = use_cuda  # Fixed shapes: pick kernels, as XLA autotunes.
     device = torch.device('cuda' if use_cuda else 'cpu')
+    layout = torch.channels_last if use_cuda else torch.contiguous_format
     sync = torch.cuda.synchronize if use_cuda else (lambda: None)
-    net = torch_resnet_cifar(config.model.depth, config.model.residual).to(device).train()
+    net = torch_model(config, classes).to(device, memory_format=layout).train()
     params = list(net.parameters())
     num_params = sum(p.numel() for p in params)
     log(f'  parameters: resjax {jax_params}, torch {num_params}')
     assert num_params == jax_params, (num_params, jax_params)
-    x = torch.randn(batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch_size,), device=device)
+    height, width, channels = shape
+    x = torch.randn(batch_size, channels, height, width, device=device)
+    x = x.to(memory_format=layout)
+    y = torch.randint(0, classes, (batch_size,), device=device)
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    if config.model.dtype == 'bfloat16':
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
 
     def timed(fn):
         def run():
@@ -275,7 +359,9 @@ def time_torch(config, batch_size: int, num_steps: int, jax_params: int, hvp: bo
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
+        with autocast():
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
         opt.step()
 
     step_ms = 1e3 * statistics.median(timed(train_step))
@@ -391,10 +477,13 @@ def run_benchmark(
         )
 
         # ----- PyTorch -----
-        if torch and (config.model.family != 'cifar' or dtype != 'float32'):
-            log('  torch: CIFAR family in float32 only; skipped')
+        why_not = torch and torch_supports(config)
+        if why_not:
+            log(f'  torch: {why_not}; skipped')
         elif torch:
-            record.update(time_torch(config, batch_size, num_steps, num_params, hvp, log))
+            record.update(
+                time_torch(config, shape, classes, batch_size, num_steps, num_params, hvp, log)
+            )
             record['torch_ratio'] = record['images_per_sec'] / record['torch_images_per_sec']
 
         # ----- Input pipelines (per batch size and image shape, measured once) -----
@@ -466,7 +555,7 @@ def define_flags() -> None:
     flags.DEFINE_string('json', None, 'Write the records here as a JSON list.')
     flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
     flags.DEFINE_integer('max_hvps', MAX_HVPS, '--hvp: most HVPs of the power iteration.')
-    flags.DEFINE_bool('torch', False, 'Also time the CIFAR models in PyTorch eager (float32).')
+    flags.DEFINE_bool('torch', False, 'Also time the same model in PyTorch eager (if installed).')
     flags.DEFINE_bool('hvp', False, 'Also time a gradient vs an HVP, and lambda_max.')
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
     flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')

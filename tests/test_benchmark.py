@@ -67,3 +67,8 @@ def test_torch_model_matches_parameter_count(benchmark):
         net = benchmark.torch_resnet_cifar(depth, residual)
         assert sum(p.numel() for p in net.parameters()) == _num_params(benchmark, name)
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    for name in ('resnet50', 'plain50'):  # torchvision's resnet50 has 25,557,032 too.
+        config, _, classes = benchmark.model_config(name)
+        net = benchmark.torch_model(config, classes)
+        assert sum(p.numel() for p in net.parameters()) == _num_params(benchmark, name)
+    assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
