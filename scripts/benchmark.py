@@ -174,8 +174,12 @@ def time_curvature(
     # The train loop's sharpness probe: host-driven power iteration around one jitted HVP.
     probe = hessian.make_sharpness_probe(model, num_iters=max_hvps, tol=LAMBDA_TOL)
     probe(*args, v)  # compiles
+    # A fresh start vector, drawn outside the timing (eagerly, each leaf shape would compile).
+    v0 = jax.block_until_ready(
+        xla.run_once(functools.partial(otu.tree_random_like, key_power), state.params)
+    )
     start = time.perf_counter()
-    out, _ = probe(*args, otu.tree_random_like(key_power, state.params))
+    out, _ = probe(*args, v0)
     power_s = time.perf_counter() - start
     eig, num = out['hessian/lambda_max'], out['hessian/num_hvps']
     return {
