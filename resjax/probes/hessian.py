@@ -34,14 +34,9 @@ def mean_loss_fn(
     """params -> mean cross-entropy over `batch` (weighted by `batch['mask']` if present).
 
     `bn_mode` as in the module docstring; in neither mode does the probe change `batch_stats`.
-    A model with `weight_grad='auto'` runs with XLA's own convolution gradients here: an HVP
-    evaluates the weight tangent forward, where XLA's convolution is ~6x faster than the tap
-    matmuls (ResNet-20 HVP 1.5 s vs 2.3 s on 2 CPU cores, docs/notes.md). Same numbers.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f'probes.bn_mode={bn_mode!r} is unknown; use one of {BN_MODES}')
-    if getattr(model, 'weight_grad', None) == 'auto':
-        model = model.clone(weight_grad='xla')
 
     def loss(params):
         variables = {'params': params, 'batch_stats': batch_stats}
