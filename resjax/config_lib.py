@@ -32,9 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.preactivation = False  # He et al. 2016 "Identity Mappings" block
     c.model.zero_init_last = False  # zero-init each block's last BN scale (Goyal et al. 2017)
     c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; params stay float32
-    # How conv weight gradients are computed (same numbers): 'auto' = one matmul per kernel
-    # tap on CPU (XLA's own in HVPs), XLA's own on GPU/TPU | 'xla' | 'matmul'.
-    # See resjax/models/conv.py.
+    # How conv weight gradients are computed (same numbers): 'auto' = 'stored' on CPU (from a
+    # stored copy of the conv input: no recomputation in XLA:CPU's transposes), XLA's own on
+    # GPU/TPU | 'xla' | 'stored'. See resjax/models/conv.py.
     c.model.weight_grad = 'auto'
 
     c.train = ml_collections.ConfigDict()

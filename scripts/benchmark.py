@@ -564,7 +564,7 @@ def define_flags() -> None:
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
     flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')
     flags.DEFINE_list(
-        'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, matmul.'
+        'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, stored.'
     )
     flags.DEFINE_list(
         'xla_options',

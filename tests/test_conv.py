@@ -1,4 +1,4 @@
-"""The matmul weight-gradient convolution against XLA's own, in float64."""
+"""The custom weight-gradient forms of resjax.models.conv against XLA's own, in float64."""
 
 import re
 
@@ -10,7 +10,6 @@ from jax import lax
 
 from resjax import config_lib, models, xla
 from resjax.models import conv
-from resjax.probes import hessian
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -22,8 +21,10 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
         ((3, 3), (2, 2), ((1, 1), (1, 1))),
         ((5, 5), (2, 2), ((2, 2), (2, 2))),
         ((3, 3), (1, 1), ((0, 2), (0, 2))),
-        ((3, 2), (3, 2), ((1, 0), (2, 1))),  # Polyphase with unequal strides and phases.
+        ((3, 2), (3, 2), ((1, 0), (2, 1))),
         ((2, 4), (1, 3), ((0, 0), (1, 2))),
+        ((1, 1), (2, 2), ((0, 0), (0, 0))),
+        ((3, 3), (1, 1), ((-1, 1), (1, -1))),  # Cropping padding.
     ],
 )
 def test_gradients_and_hvp_match_xla(x64, kernel, strides, pads):
@@ -38,7 +39,7 @@ def test_gradients_and_hvp_match_xla(x64, kernel, strides, pads):
 
         return f
 
-    ours = loss(lambda *a, **k: conv.conv_general_dilated(*a, **k, weight_grad='matmul'))
+    ours = loss(lambda *a, **k: conv.conv_general_dilated(*a, **k, weight_grad='stored'))
     ref = loss(lax.conv_general_dilated)
     tangents = (rng.normal(size=x.shape), rng.normal(size=w.shape))
 
@@ -62,10 +63,10 @@ def test_gradients_and_hvp_match_xla(x64, kernel, strides, pads):
 
 def test_resnet_gradients_same_with_either_weight_gradient():
     config = config_lib.default_config().model
-    config.update(depth=8, width=0.25)  # 'matmul' forces the matmul form on 8x8 maps too
+    config.update(depth=8, width=0.25)
     images = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype(np.float32)
     nets = {}
-    for weight_grad in ('xla', 'matmul'):
+    for weight_grad in ('xla', 'stored'):
         config.weight_grad = weight_grad
         nets[weight_grad] = models.create_model(config, 10)
     variables = jax.jit(nets['xla'].init, static_argnames='train')(
@@ -83,28 +84,45 @@ def test_resnet_gradients_same_with_either_weight_gradient():
         return {g: jax.grad(loss, 1)(net, params) for g, net in nets.items()}
 
     out = grads(variables['params'])
-    for got, want in zip(jax.tree.leaves(out['matmul']), jax.tree.leaves(out['xla'])):
+    for got, want in zip(jax.tree.leaves(out['stored']), jax.tree.leaves(out['xla'])):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
 
 
+def test_stored_input_stays_a_fusion_boundary_and_keeps_nans():
+    # XLA drops an optimization_barrier or a conditional with identical branches; if it ever
+    # drops this one, the weight gradient's transpose recomputes x's producers again (slow).
+    def grad(x, w):
+        def loss(w):
+            y = conv.conv_general_dilated(
+                jnp.tanh(x),
+                w,
+                (1, 1),
+                ((1, 1), (1, 1)),
+                dimension_numbers=NHWC,
+                weight_grad='stored',
+            )
+            return jnp.sum(y**2)
+
+        return jax.grad(loss)(w)
+
+    x, w = jnp.ones((2, 6, 6, 2)), jnp.ones((3, 3, 2, 3))
+    assert ' conditional(' in xla.jit(grad).lower(x, w).compile().as_text()
+    assert np.isfinite(grad(x, w)).all()
+    assert np.isnan(grad(x.at[0, 0, 0, 0].set(np.nan), w)).all()
+
+
 @pytest.mark.parametrize(
-    'weight_grad,kernel,pads,expected',
-    [
-        ('auto', 3, 1, jax.default_backend() == 'cpu'),
-        ('matmul', 3, 1, True),
-        ('xla', 3, 1, False),
-        ('matmul', 1, 0, False),  # 1x1: XLA's weight gradient is already one matmul.
-        ('matmul', 3, -1, False),  # Negative (cropping) padding: left to XLA.
-    ],
+    'weight_grad,expected',
+    [('auto', jax.default_backend() == 'cpu'), ('stored', True), ('xla', False)],
 )
-def test_which_convolutions_take_the_matmul_form(weight_grad, kernel, pads, expected):
+def test_which_convolutions_take_the_stored_form(weight_grad, expected):
     def f(x, w):
         return conv.conv_general_dilated(
-            x, w, (1, 1), ((pads, pads),) * 2, dimension_numbers=NHWC, weight_grad=weight_grad
+            x, w, (1, 1), 'SAME', dimension_numbers=NHWC, weight_grad=weight_grad
         )
 
-    jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((kernel, kernel, 2, 3)))
-    assert ('name=_conv\n' in str(jaxpr)) == expected
+    jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3)))
+    assert ('name=_stored_conv\n' in str(jaxpr)) == expected
 
 
 def _library_fused_convolutions(hlo: str) -> int:
@@ -130,16 +148,3 @@ def test_cpu_step_options_keep_convolutions_in_xla():
     assert _library_fused_convolutions(none) == 0
     jaxlib = xla.jit(grad, compiler_options={}).lower(*args).compile().as_text()
     assert _library_fused_convolutions(jaxlib) > 0
-
-
-@pytest.mark.parametrize('weight_grad,matmuls', [('auto', False), ('matmul', True)])
-def test_hessian_loss_takes_xlas_weight_gradient_for_auto(weight_grad, matmuls):
-    # HVPs evaluate the weight tangent forward, where XLA's convolution is the faster.
-    config = config_lib.default_config().model
-    config.update(depth=8, width=0.25, weight_grad=weight_grad)
-    model = models.create_model(config, 10)
-    batch = {'image': jnp.ones((2, 8, 8, 3)), 'label': jnp.zeros((2,), jnp.int32)}
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch['image']))
-    loss = lambda params, stats: hessian.mean_loss_fn(model, stats, batch, 'train')(params)
-    jaxpr = jax.make_jaxpr(loss)(variables['params'], variables['batch_stats'])
-    assert ('name=_conv\n' in str(jaxpr)) == matmuls
