@@ -306,15 +306,19 @@ def torch_model(config, num_classes: int):
     return torch_resnet50_family(m.depth, m.residual, num_classes)
 
 
-def torch_supports(config) -> str | None:
-    """Why PyTorch cannot time `config` here (None if it can)."""
+def torch_on_cuda() -> bool:
+    """Whether PyTorch times on the GPU: JAX runs on one and torch sees it."""
     import torch
 
+    return jax.default_backend() == 'gpu' and torch.cuda.is_available()
+
+
+def torch_supports(config) -> str | None:
+    """Why PyTorch cannot time `config` here (None if it can)."""
     m = config.model
-    cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
     if m.family != 'cifar' and (m.depth not in (50, 101, 152) or m.shortcut != 'projection'):
         return 'ImageNet family: bottleneck depths with projection shortcuts only'
-    if m.dtype != 'float32' and not cuda:
+    if m.dtype != 'float32' and not torch_on_cuda():
         return 'bfloat16 on CUDA only'
     return None
 
@@ -333,7 +337,7 @@ def time_torch(
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    use_cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+    use_cuda = torch_on_cuda()
     torch.backends.cudnn.benchmark = use_cuda  # Fixed shapes: pick kernels, as XLA autotunes.
     device = torch.device('cuda' if use_cuda else 'cpu')
     layout = torch.channels_last if use_cuda else torch.contiguous_format

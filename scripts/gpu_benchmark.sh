@@ -12,6 +12,7 @@
 set -u
 out=${1:?usage: bash scripts/gpu_benchmark.sh OUT_DIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # Absolute: the runs below start from the repo root.
 log=$out/bench.log
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
