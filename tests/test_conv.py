@@ -3,6 +3,7 @@
 import re
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -123,6 +124,30 @@ def test_which_convolutions_take_the_stored_form(weight_grad, expected):
 
     jaxpr = jax.make_jaxpr(f)(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3)))
     assert ('name=_stored_conv\n' in str(jaxpr)) == expected
+
+
+@pytest.mark.parametrize('weight_grad', ['stored', 'xla'])
+def test_gradient_convolutions_are_in_xla_cpu_native_order(weight_grad):
+    # XLA:CPU reorders the dimensions of top-level convolutions only; inside a scan body a
+    # convolution not already in NHWC/HWIO/NHWC order runs as a naive loop (~80x slower).
+    def loss(x, w):
+        y = conv.conv_general_dilated(
+            x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC, weight_grad=weight_grad
+        )
+        return jnp.sum(y**2)
+
+    def conv_specs(jaxpr):  # Recursively: the forward sits in a custom_jvp call.
+        for e in jaxpr.eqns:
+            if e.primitive.name == 'conv_general_dilated':
+                yield e.params['dimension_numbers']
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from conv_specs(sub)
+
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    specs = list(conv_specs(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr))
+    assert len(specs) == 3  # Forward, input gradient, weight gradient.
+    native = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    assert all(s == native for s in specs) == (weight_grad == 'stored')
 
 
 def _library_fused_convolutions(hlo: str) -> int:

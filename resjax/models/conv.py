@@ -1,4 +1,4 @@
-"""A 2-D convolution whose weight gradient XLA's CPU backend computes fast.
+"""A 2-D convolution whose gradients XLA's CPU backend computes fast, unrolled or in a loop.
 
 XLA lowers the weight gradient of a convolution (dL/dW) to another convolution whose "kernel"
 is the whole activation map. On the CPU backend that convolution reads its input x in a
@@ -9,11 +9,16 @@ takes ~5 ms (~265 ms of a 1-s ResNet-20 step on 2 cores). The 'stored' form comp
 weight gradient from x stored to a buffer first (`_materialise`), so the transpose is that
 plain copy: ResNet-20 step 773 vs 986 ms, ResNet-56 2116 vs 4045 ms (docs/notes.md).
 
-It is a `jax.custom_jvp` whose tangent in W convolves the stored x, so it composes with every
-transform resjax uses, forward-over-reverse HVPs included, and JAX's transpose of that
-tangent is the weight gradient. `conv_general_dilated` below is a drop-in for
-`jax.lax.conv_general_dilated` (Flax's `nn.Conv(conv_general_dilated=...)`): the same
-numbers, only computed differently.
+XLA:CPU also puts only top-level convolutions into the dimension order its fast (Eigen)
+convolution needs; inside a `lax.scan` body (`ResNet(scan_blocks=True)`) the two gradient
+convolutions JAX derives run as naive loops, ~80x slower. So the 'stored' form writes the
+transposes out itself: its tangent is two convolutions whose *transposes* (the input and
+weight gradients) are already in that order (NHWC input, HWIO kernel, NHWC output).
+
+It is a `jax.custom_jvp`, so it composes with every transform resjax uses, forward-over-reverse
+HVPs included, and JAX's transpose of the tangent gives the gradients. `conv_general_dilated`
+below is a drop-in for `jax.lax.conv_general_dilated` (Flax's
+`nn.Conv(conv_general_dilated=...)`): the same numbers, only computed differently.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from typing import Any
 
 import jax
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 WEIGHT_GRADS = ('auto', 'xla', 'stored')
+# The name of every convolution's output for `jax.checkpoint` policies (`checkpoint_name`).
+CONV_OUTPUT = 'conv_output'
 
 
 def _materialise(x: jax.Array) -> jax.Array:
@@ -41,17 +49,29 @@ def _materialise(x: jax.Array) -> jax.Array:
     return lax.cond(first == first, lambda v: v, lambda v: v + first * 0, x)
 
 
+_NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _stored_conv(conv: Callable, x: jax.Array, w: jax.Array) -> jax.Array:
-    return conv(x, w)
+    return conv(x, w, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 @_stored_conv.defjvp
 def _stored_conv_jvp(conv, primals, tangents):
     (x, w), (dx, dw) = primals, tangents
-    # Both terms are XLA's convolution: JAX transposes the first into XLA's input gradient
-    # and the second, which reads the stored x, into the weight gradient.
-    return _stored_conv(conv, x, w), _stored_conv(conv, dx, w) + conv(_materialise(x), dw)
+    # Each term is written so that its transpose, which JAX derives and the backward pass runs,
+    # is a convolution in XLA:CPU's native order (NHWC input, HWIO kernel, NHWC output): the
+    # input gradient's term reads the kernel as HWOI, the weight gradient's reads the stored x
+    # as CHWN and writes HWNC. XLA inserts these transposes itself for a top-level convolution,
+    # but not inside a loop body.
+    t_x = conv(dx, w.transpose(0, 1, 3, 2), dimension_numbers=('NHWC', 'HWOI', 'NHWC'))
+    t_w = conv(
+        _materialise(x).transpose(3, 1, 2, 0),
+        dw.transpose(2, 0, 1, 3),
+        dimension_numbers=('CHWN', 'IHWO', 'HWNC'),
+    ).transpose(2, 0, 1, 3)
+    return _stored_conv(conv, x, w), t_x + t_w
 
 
 def weight_grad_form(weight_grad: str) -> str:
@@ -77,19 +97,26 @@ def conv_general_dilated(
     *,
     weight_grad: str = 'auto',
 ) -> jax.Array:
-    """`lax.conv_general_dilated` (same arguments, same numbers), with the weight gradient
-    computed from a stored copy of `lhs` where `weight_grad_form(weight_grad)` is 'stored'."""
+    """`lax.conv_general_dilated` (same arguments, same numbers), with the gradients computed
+    in the stored form where `weight_grad_form(weight_grad)` is 'stored' and the convolution
+    is a 2-D NHWC/HWIO one without feature groups (XLA's own otherwise). The output is named
+    `CONV_OUTPUT` for `jax.checkpoint` policies."""
+    form = weight_grad_form(weight_grad)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if dn != _NHWC_HWIO or feature_group_count != 1:
+        form = 'xla'  # The stored form is written for Flax's 2-D NHWC/HWIO convolutions.
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=window_strides,
         padding=padding,
         lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    if weight_grad_form(weight_grad) == 'xla':
-        return conv(lhs, rhs)
-    return _stored_conv(conv, lhs, rhs)
+    if form == 'xla':
+        out = conv(lhs, rhs, dimension_numbers=dimension_numbers)
+    else:
+        out = _stored_conv(conv, lhs, rhs)
+    return checkpoint_name(out, CONV_OUTPUT)
