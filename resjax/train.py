@@ -20,7 +20,8 @@ from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
 # Config keys whose change makes an existing workdir's checkpoints meaningless for this run
-# (model.dtype and model.weight_grad change how it computes, not what it is: not listed).
+# (model.dtype, model.weight_grad and model.scan_blocks change how it computes, not what it
+# is: not listed).
 RESUME_CRITICAL = (
     'model.family',
     'model.depth',

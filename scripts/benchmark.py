@@ -52,7 +52,9 @@ MAX_HVPS = 20  # As the training probe's default budget, probes.hessian_iters.
 # ----- Model names ------------------------------------------------------------------------
 
 
-def model_config(name: str, dtype: str = 'float32', weight_grad: str = 'auto'):
+def model_config(
+    name: str, dtype: str = 'float32', weight_grad: str = 'auto', scan_blocks: bool = False
+):
     """`resnet56` / `plain34` -> (config with its `model` block set, image shape, classes).
 
     Raises ValueError (one line) for a name that is not a model of either family.
@@ -63,7 +65,7 @@ def model_config(name: str, dtype: str = 'float32', weight_grad: str = 'auto'):
     config = config_lib.default_config()
     m = config.model
     m.depth, m.residual, m.dtype = int(match[2]), match[1] == 'resnet', dtype
-    m.weight_grad = weight_grad
+    m.weight_grad, m.scan_blocks = weight_grad, scan_blocks
     if m.depth in IMAGENET_STAGES:  # Before 6n+2: 50 and 152 are both.
         m.family, m.shortcut = 'imagenet', 'projection'
         shape, classes = (224, 224, 3), 1000
@@ -405,18 +407,23 @@ def run_benchmark(
     pipeline: bool = False,
     max_hvps: int = MAX_HVPS,
     weight_grads: Sequence[str] = ('auto',),
+    scan_blocks: Sequence[bool] = (False,),
     xla_options: Sequence[str] = ('resjax',),
     log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
     """One record per (model, batch, weight_grad); see the module docstring and
-    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare;
+    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare,
+    `scan_blocks` `model.scan_blocks` settings;
     `xla_options` the compile options of the step, gradient and HVP: 'resjax'
     (`resjax.xla.jit`'s, as training uses) and/or 'jax' (jaxlib's defaults).
 
     Every name is validated before anything compiles (ValueError, one line).
     """
     configs = {
-        (name, g): model_config(name, dtype, g) for name in model_names for g in weight_grads
+        (name, g, s): model_config(name, dtype, g, s)
+        for name in model_names
+        for g in weight_grads
+        for s in scan_blocks
     }
     if torch:
         try:
@@ -426,18 +433,19 @@ def run_benchmark(
             torch = False
     device = jax.devices()[0]
     jobs = [
-        (name, b, g, o)
+        (name, b, g, s, o)
         for name in model_names
         for b in batches
         for g in weight_grads
+        for s in scan_blocks
         for o in xla_options
     ]
     records, pipeline_cache, start = [], {}, time.perf_counter()
-    for i, (name, batch_size, weight_grad, options) in enumerate(jobs):
-        config, shape, classes = configs[name, weight_grad]
+    for i, (name, batch_size, weight_grad, scan, options) in enumerate(jobs):
+        config, shape, classes = configs[name, weight_grad, scan]
         log(
             f'[{i + 1}/{len(jobs)}] {name} batch {batch_size} {dtype} '
-            f'weight_grad={weight_grad} xla_options={options}'
+            f'weight_grad={weight_grad} scan_blocks={scan} xla_options={options}'
         )
         compiler_options = {} if options == 'jax' else None  # None: xla.jit's.
 
@@ -454,6 +462,7 @@ def run_benchmark(
             'batch': batch_size,
             'dtype': dtype,
             'weight_grad': weight_grad,
+            'scan_blocks': scan,
             'xla_options': options,
             'params': num_params,
             'device': device.device_kind,
@@ -515,6 +524,7 @@ RECORD_COLUMNS = [
     ('batch', 'batch', '{}'),
     ('dtype', 'dtype', '{}'),
     ('weight_grad', 'weight_grad', '{}'),
+    ('scan_blocks', 'scan', '{}'),
     ('xla_options', 'xla_options', '{}'),
     ('params', 'params', '{:,}'),
     ('compile_s', 'compile_s', '{:.1f}'),
@@ -571,6 +581,9 @@ def define_flags() -> None:
         'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, stored.'
     )
     flags.DEFINE_list(
+        'scan_blocks', ['false'], 'model.scan_blocks setting(s) to compare: false, true.'
+    )
+    flags.DEFINE_list(
         'xla_options',
         ['resjax'],
         "Compile options to compare: resjax (resjax.xla.jit's, as training) and/or jax "
@@ -585,6 +598,8 @@ def main(argv):
         batches = [int(b) for b in FLAGS.batch if b.isdigit() and int(b) > 0]
         if len(batches) != len(FLAGS.batch) or FLAGS.steps <= 0 or FLAGS.max_hvps <= 0:
             raise ValueError('--batch, --steps and --max_hvps must be positive integers')
+        if set(FLAGS.scan_blocks) - {'false', 'true'}:
+            raise ValueError(f'--scan_blocks={FLAGS.scan_blocks}: use false and/or true')
         if set(FLAGS.xla_options) - {'resjax', 'jax'}:
             raise ValueError(f'--xla_options={FLAGS.xla_options}: use resjax and/or jax')
         for name in FLAGS.models:  # Validates the model config, weight_grad included.
@@ -604,6 +619,7 @@ def main(argv):
         pipeline=FLAGS.pipeline,
         max_hvps=FLAGS.max_hvps,
         weight_grads=FLAGS.weight_grad,
+        scan_blocks=[s == 'true' for s in FLAGS.scan_blocks],
         xla_options=FLAGS.xla_options,
     )
     print(format_table(records))

@@ -2,11 +2,13 @@ import functools
 
 import flax
 import jax
+import jax.extend
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from resjax import config_lib, models, xla
-from resjax.probes import signals
+from resjax import config_lib, models, steps, xla
+from resjax.probes import hessian, signals
 
 
 def _model_config(**overrides):
@@ -122,3 +124,71 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_bad_model_configs_name_the_key(overrides, match):
     with pytest.raises(ValueError, match=match):
         models.create_model(_model_config(**overrides), 10)
+
+
+def _primitives(jaxpr) -> set[str]:
+    names = set()
+    for e in jaxpr.eqns:
+        names.add(e.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            names |= _primitives(sub)
+    return names
+
+
+@pytest.mark.parametrize(
+    'overrides,shape',
+    [
+        (dict(depth=20, width=0.25), (8, 8, 3)),
+        (dict(depth=20, width=0.25, preactivation=True, norm='none'), (8, 8, 3)),
+        (dict(family='imagenet', depth=50, width=0.0625, shortcut='projection'), (16, 16, 3)),
+    ],
+)
+def test_scanned_blocks_compute_what_the_unrolled_loop_does(x64, overrides, shape):
+    # float64 compute: BN over a few values (ImageNet's last stage is 1x1 here) amplifies
+    # float32 rounding differences between the two programs.
+    config = _model_config(**overrides, dtype='float64')
+    nets = {}
+    for scan in (False, True):
+        config.scan_blocks = scan
+        nets[scan] = models.create_model(config, 10)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, *shape), jnp.float64)
+    labels = jnp.arange(4)
+    init = xla.run_once(functools.partial(nets[False].init, train=False), jax.random.PRNGKey(1), x)
+    variables = {k: v for k, v in init.items() if k in ('params', 'batch_stats')}
+    assert jax.tree.structure(variables['params']) == jax.tree.structure(
+        jax.eval_shape(functools.partial(nets[True].init, train=False), jax.random.PRNGKey(1), x)[
+            'params'
+        ]
+    )
+
+    def loss(model, params):
+        logits, new = model.apply(
+            {**variables, 'params': params}, x, train=True, mutable=['batch_stats']
+        )
+        return jnp.mean(steps.cross_entropy(logits, labels)), new
+
+    def run(model):
+        (value, new), grads = jax.value_and_grad(functools.partial(loss, model), has_aux=True)(
+            variables['params']
+        )
+        return value, grads, new, model.apply(variables, x, train=False)
+
+    assert 'scan' in _primitives(jax.make_jaxpr(run, static_argnums=0)(nets[True]).jaxpr)
+    run = jax.jit(run, static_argnums=0)
+    got, want = run(nets[True]), run(nets[False])
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_probes_and_hvps_run_scanned_blocks_unrolled():
+    model = models.create_model(_model_config(depth=20, width=0.25, scan_blocks=True), 10)
+    x = jnp.ones((2, 8, 8, 3))
+    variables = xla.run_once(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+    batch = {'image': x, 'label': jnp.zeros(2, jnp.int32)}
+    probe_step = functools.partial(steps.loss_and_grads, model, probes=True)
+    jaxpr = jax.make_jaxpr(probe_step)(variables['params'], variables['batch_stats'], batch)
+    assert 'scan' not in _primitives(jaxpr.jaxpr)  # Per-block probes need per-block values.
+    hvp_loss = hessian.mean_loss_fn(model, variables['batch_stats'], batch)
+    hvp_jaxpr = jax.make_jaxpr(hvp_loss)(variables['params']).jaxpr
+    assert ('scan' in _primitives(hvp_jaxpr)) == (jax.default_backend() != 'cpu')

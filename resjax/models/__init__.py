@@ -43,6 +43,8 @@ def validate_model_config(model: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f'model.weight_grad={model.weight_grad!r} is unknown; use one of {WEIGHT_GRADS}'
         )
+    if not isinstance(model.scan_blocks, bool):
+        raise ValueError(f'model.scan_blocks={model.scan_blocks!r} must be True or False')
     if model.width <= 0:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
 
@@ -77,5 +79,6 @@ def create_model(
         axis_name=axis_name,
         dtype=DTYPES[model.dtype],
         weight_grad=model.weight_grad,
+        scan_blocks=model.scan_blocks,
         **kwargs,
     )

@@ -270,6 +270,44 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     dtype: Any = jnp.float32
     weight_grad: str = 'auto'
+    scan_blocks: bool = False
+
+    def _can_scan(self) -> bool:
+        """Scanning needs the blocks' variables to exist and no per-block probe collections."""
+        return not (
+            self.is_initializing()
+            or self.is_mutable_collection('intermediates')
+            or 'perturbations' in self.variables
+        )
+
+    def _scan_blocks(self, block: nn.Module, names: Sequence[str], x: jax.Array, train: bool):
+        """Applies the identical blocks `names` (in order) as one `lax.scan` over their stacked
+        variables: XLA compiles one block instead of len(names). The variables stay per block
+        (read here, batch statistics written back), so the result and the parameter tree are
+        those of the unrolled loop. The scanned block is rematerialised except for its
+        convolution outputs (`conv.CONV_OUTPUT`): the backward pass recomputes BN and ReLU from
+        them rather than storing each block's elementwise intermediates into stacked buffers.
+        """
+        cols = ['params'] + (['batch_stats'] if self.has_variable('batch_stats', names[0]) else [])
+        stacked = {
+            col: jax.tree.map(lambda *v: jnp.stack(v), *[self.get_variable(col, n) for n in names])
+            for col in cols
+        }
+        update = train and 'batch_stats' in cols and self.is_mutable_collection('batch_stats')
+
+        def body(x, variables):
+            if update:
+                y, new = block.apply(variables, x, train, mutable=['batch_stats'])
+                return y, new['batch_stats']
+            return block.apply(variables, x, train), None
+
+        policy = jax.checkpoint_policies.save_only_these_names(conv_lib.CONV_OUTPUT)
+        body = jax.checkpoint(body, prevent_cse=False, policy=policy)
+        x, stats = jax.lax.scan(body, x, stacked)
+        if update:
+            for i, name in enumerate(names):
+                self.put_variable('batch_stats', name, jax.tree.map(lambda v, i=i: v[i], stats))
+        return x
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -287,22 +325,26 @@ class ResNet(nn.Module):
         )(x, train)
         index = 1
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-            for b in range(num_blocks):
-                name = f'{index:03d}_stage{stage + 1}_block{b + 1}'
-                x = block_cls(
-                    width,
-                    2 if stage > 0 and b == 0 else 1,
-                    self.residual,
-                    self.shortcut,
-                    self.norm,
-                    self.preactivation,
-                    self.zero_init_last,
-                    self.axis_name,
-                    self.dtype,
-                    weight_grad=self.weight_grad,
-                    name=name,
-                )(x, train)
-                index += 1
+            names = [f'{index + b:03d}_stage{stage + 1}_block{b + 1}' for b in range(num_blocks)]
+            block = functools.partial(
+                block_cls,
+                width,
+                residual=self.residual,
+                shortcut=self.shortcut,
+                norm=self.norm,
+                preactivation=self.preactivation,
+                zero_init_last=self.zero_init_last,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                weight_grad=self.weight_grad,
+            )
+            x = block(strides=2 if stage > 0 else 1, name=names[0])(x, train)
+            if self.scan_blocks and num_blocks > 2 and self._can_scan():
+                x = self._scan_blocks(block(parent=None), names[1:], x, train)
+            else:
+                for name in names[1:]:
+                    x = block(name=name)(x, train)
+            index += num_blocks
         x = Head(
             self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
         )(x, train)

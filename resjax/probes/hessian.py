@@ -37,6 +37,10 @@ def mean_loss_fn(
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f'probes.bn_mode={bn_mode!r} is unknown; use one of {BN_MODES}')
+    if getattr(model, 'scan_blocks', False) and jax.default_backend() == 'cpu':
+        # Same numbers, unrolled: the forward-mode convolutions of an HVP, inside a loop body,
+        # are not in the layout XLA:CPU's fast convolution needs (docs/notes.md).
+        model = model.clone(scan_blocks=False)
 
     def loss(params):
         variables = {'params': params, 'batch_stats': batch_stats}
