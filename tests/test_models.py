@@ -119,6 +119,11 @@ def test_bfloat16_compute_keeps_float32_params():
         (dict(family='imagenet', depth=20), 'ImageNet-family depth'),
         (dict(shortcut='B'), 'model.shortcut'),
         (dict(family='vgg'), 'model.family'),
+        pytest.param(
+            dict(scan_blocks=True, weight_grad='xla'),
+            'naive loops',
+            marks=pytest.mark.skipif(jax.default_backend() != 'cpu', reason='CPU only'),
+        ),
     ],
 )
 def test_bad_model_configs_name_the_key(overrides, match):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -45,6 +46,11 @@ def validate_model_config(model: ml_collections.ConfigDict) -> None:
         )
     if not isinstance(model.scan_blocks, bool):
         raise ValueError(f'model.scan_blocks={model.scan_blocks!r} must be True or False')
+    if model.scan_blocks and model.weight_grad == 'xla' and jax.default_backend() == 'cpu':
+        raise ValueError(
+            "model.scan_blocks=True with model.weight_grad='xla' runs the gradient convolutions "
+            "as naive loops on XLA:CPU (~80x slower); use weight_grad='auto'"
+        )
     if model.width <= 0:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
 
