@@ -411,11 +411,11 @@ def run_benchmark(
     xla_options: Sequence[str] = ('resjax',),
     log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
-    """One record per (model, batch, weight_grad); see the module docstring and
-    `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to compare,
-    `scan_blocks` `model.scan_blocks` settings;
-    `xla_options` the compile options of the step, gradient and HVP: 'resjax'
-    (`resjax.xla.jit`'s, as training uses) and/or 'jax' (jaxlib's defaults).
+    """One record per (model, batch, weight_grad, scan_blocks, xla_options); see the module
+    docstring and `RECORD_COLUMNS`. `weight_grads` lists `model.weight_grad` settings to
+    compare, `scan_blocks` `model.scan_blocks` settings, `xla_options` the compile options of
+    the step, gradient and HVP: 'resjax' (`resjax.xla.jit`'s, as training uses) and/or 'jax'
+    (jaxlib's defaults).
 
     Every name is validated before anything compiles (ValueError, one line).
     """
@@ -604,7 +604,8 @@ def main(argv):
             raise ValueError(f'--xla_options={FLAGS.xla_options}: use resjax and/or jax')
         for name in FLAGS.models:  # Validates the model config, weight_grad included.
             for weight_grad in FLAGS.weight_grad:
-                model_config(name, weight_grad=weight_grad)
+                for scan in FLAGS.scan_blocks:
+                    model_config(name, weight_grad=weight_grad, scan_blocks=scan == 'true')
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -280,7 +280,9 @@ class ResNet(nn.Module):
             or 'perturbations' in self.variables
         )
 
-    def _scan_blocks(self, block: nn.Module, names: Sequence[str], x: jax.Array, train: bool):
+    def _scan_blocks(
+        self, block: nn.Module, names: Sequence[str], x: jax.Array, train: bool
+    ) -> jax.Array:
         """Applies the identical blocks `names` (in order) as one `lax.scan` over their stacked
         variables: XLA compiles one block instead of len(names). The variables stay per block
         (read here, batch statistics written back), so the result and the parameter tree are
