@@ -4,7 +4,12 @@ with `finalize(config, arg)`, which applies the `smoke` argument."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator
+
 import ml_collections
+
+from resjax import study_config
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,6 +89,7 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     unknown = args - {'smoke'}
     if unknown:
         raise ValueError(f'unknown config argument(s) {sorted(unknown)}; the only one is smoke')
+    _check_keys(config)
     if 'smoke' in args:
         c = config
         c.model.width = min(c.model.width, 0.25)
@@ -101,3 +107,24 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         c.probes.hessian_every_steps = c.probes.hessian_every_steps and 5
         c.probes.hessian_iters = min(c.probes.hessian_iters, 5)
     return config
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+    """Refuses a key that resjax does not read (a typo in a config file would otherwise be
+    recorded and ignored): the same rule the locked config applies to command-line overrides."""
+    reference = default_config()
+    reference.study = study_config.default_study_config()
+    for name, known in _unknown_keys(config, reference):
+        close = difflib.get_close_matches(name.rsplit('.', 1)[-1], known, n=1)
+        hint = f'did you mean {close[0]!r}? ' if close else ''
+        raise ValueError(f'config key {name!r} is not one resjax reads ({hint}see README.md)')
+
+
+def _unknown_keys(
+    config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = ''
+) -> Iterator[tuple[str, list[str]]]:
+    for key, value in config.items():
+        if key not in reference:
+            yield prefix + key, list(reference.keys())
+        elif isinstance(value, ml_collections.ConfigDict):
+            yield from _unknown_keys(value, reference[key], f'{prefix}{key}.')

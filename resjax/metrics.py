@@ -13,22 +13,35 @@ import numpy as np
 
 
 class MetricWriter:
-    """Appends `{"step": int, name: float, ...}` lines to metrics.jsonl and scalars to TB."""
+    """Appends `{"step": int, name: float, ...}` lines to metrics.jsonl and scalars to TB.
+
+    On resume from step k it drops the rows after k, and writes no metric twice for step k: a
+    resumed run recomputes the probes of step k, whose rows the killed run may have written
+    after saving checkpoint k.
+    """
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, 'metrics.jsonl')
         self._tb = None
+        self._resume_step = resume_step
+        self._written: set[str] = set()  # metric names already in the file at resume_step
         if not self.active:
             return
-        truncate_metrics(self.path, resume_step)
+        for row in truncate_metrics(self.path, resume_step):
+            if row['step'] == resume_step:
+                self._written.update(row)
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(workdir, flush_secs=30)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Writes one line (flushed, so a kill never leaves it half-written in the buffer)."""
-        if not self.active or not metrics:
+        if not self.active:
+            return
+        if step == self._resume_step:
+            metrics = {k: v for k, v in metrics.items() if k not in self._written}
+        if not metrics:
             return
         row = {'step': int(step), **{k: float(v) for k, v in sorted(metrics.items())}}
         with open(self.path, 'a') as f:
@@ -42,33 +55,54 @@ class MetricWriter:
             self._tb.close()
 
 
-def truncate_metrics(path: str, keep_up_to_step: int) -> None:
-    """Drops rows after `keep_up_to_step` (and a torn last line) from a metrics file, atomically.
+def truncate_metrics(path: str, keep_up_to_step: int) -> list[dict]:
+    """Drops rows after `keep_up_to_step` (and a torn last line) from a metrics file,
+    atomically; returns the rows kept.
 
     On resume from a checkpoint at step k, rows for steps > k were written by the killed run
-    and will be written again: keeping them would duplicate steps.
+    and will be written again: keeping them would duplicate steps. Raises ValueError (one
+    line) for a malformed row other than a torn last line, before changing anything.
     """
     if not os.path.exists(path):
-        return
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # A line torn by a kill.
-            if row['step'] <= keep_up_to_step:
-                rows.append(line if line.endswith('\n') else line + '\n')
+        return []
+    rows = [r for r in _read_rows(path, allow_torn_end=True) if r['step'] <= keep_up_to_step]
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-        f.writelines(rows)
+        f.writelines(json.dumps(r) + '\n' for r in rows)
     os.replace(tmp, path)
+    return rows
 
 
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """All rows of `<workdir>/metrics.jsonl`, in file order."""
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir: str, allow_torn_end: bool = False) -> list[dict[str, float]]:
+    """All rows of `<workdir>/metrics.jsonl`, in file order.
+
+    Raises FileNotFoundError if there is none and ValueError naming the first malformed line
+    (not a JSON object with an integer `step`). `allow_torn_end` skips a last line cut short
+    by a kill (no newline), which a resumed run drops.
+    """
+    return _read_rows(os.path.join(workdir, 'metrics.jsonl'), allow_torn_end)
+
+
+def _read_rows(path: str, allow_torn_end: bool) -> list[dict]:
+    with open(path) as f:
+        lines = f.readlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+                raise ValueError('not an object with an integer "step"')
+        except ValueError as e:
+            if allow_torn_end and number == len(lines) and not line.endswith('\n'):
+                break  # A line torn by a kill.
+            raise ValueError(
+                f'{path} line {number} is not a metrics row ({str(e).splitlines()[0][:80]}): '
+                f'{line.strip()[:60]!r}; repair or delete that line'
+            ) from None
+        rows.append(row)
+    return rows
 
 
 def mean_metrics(rows: list[dict[str, jax.Array]]) -> dict[str, float]:

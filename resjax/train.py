@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ import optax.tree_utils as otu
 from absl import logging
 
 from resjax import checkpoint, data, models, optim, parallel, steps, xla
+from resjax import workdir as workdir_lib
 from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
@@ -81,53 +81,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'train.{key}={config.train[key]} must be positive')
     if config.train.steps <= 0:
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Creates the workdir and writes config.json; refuses a workdir from an incompatible run."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f'.write_test.{jax.process_index()}')
-        open(probe, 'w').close()
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(
-            f'workdir {workdir!r} is not writable ({e.strerror}); pick another'
-        ) from None
-    path = os.path.join(workdir, 'config.json')
-    new = json.loads(config.to_json_best_effort())
-    if os.path.exists(path) and not config.train.allow_config_change:
-        with open(path) as f:
-            old = json.load(f)
-        for key in RESUME_CRITICAL:
-            a, b = _get(old, key), _get(new, key)
-            if a != b:
-                raise ConfigError(
-                    f'workdir {workdir!r} holds a run with {key}={a}, this config has {b}; use '
-                    'another workdir or --config.train.allow_config_change=True'
-                )
-    if jax.process_index() == 0:
-        with open(path + '.tmp', 'w') as f:
-            json.dump(new, f, indent=2, sort_keys=True)
-        os.replace(path + '.tmp', path)
-
-
-def _get(tree: dict, dotted: str):
-    for k in dotted.split('.'):
-        tree = tree.get(k, {}) if isinstance(tree, dict) else None
-    return tree
+    if not 0 <= config.seed < 2**31:
+        raise ConfigError(f'seed={config.seed} must be an integer in [0, 2**31)')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
     """Trains `config`'s model on its dataset, writing metrics and checkpoints to `workdir`.
 
     Resumes from the latest checkpoint in `workdir` if there is one. Raises ConfigError for a
-    bad config or workdir (before compiling) and NonFiniteError if training diverged
-    (`train.on_nonfinite='stop'`); the last good checkpoint is kept.
+    bad config or workdir, a workdir another run holds, or a damaged checkpoint (all before
+    compiling and before anything in the workdir changes), ConfigError for a checkpoint that
+    cannot be saved (the run stops at once; the saved ones are kept), and NonFiniteError if
+    training diverged (`train.on_nonfinite='stop'`; the last good checkpoint is kept).
     """
-    # ----- Config, workdir -----------------------------------------------------------------
+    # ----- Config, workdir: checked, then held; written only once the run can start ---------
     validate_config(config)
-    prepare_workdir(config, workdir)
+    try:
+        workdir_lib.check(config, workdir, RESUME_CRITICAL)
+        with workdir_lib.lock(workdir):
+            return _train_and_evaluate(config, workdir)
+    except (workdir_lib.WorkdirError, checkpoint.SaveError) as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise ConfigError(
+            f'no space left on the device writing {e.filename or workdir}; free space and rerun '
+            'the same command to resume from the last saved step'
+        ) from None
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
 
     # ----- Input -------------------------------------------------------------------------------
     try:
@@ -172,6 +156,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     else:
         state = xla.run_once(init, out_shardings=replicated)
     start_step = int(jax.device_get(state.step))
+    if start_step >= config.train.steps:
+        manager.close()
+        logging.info(
+            'Already complete: %s holds step %d of train.steps=%d; nothing to train (raise '
+            'train.steps to continue)',
+            workdir,
+            start_step,
+            config.train.steps,
+        )
+        return state
+    workdir_lib.write_config(config, workdir)  # The run starts: only now is the workdir changed.
     # Replica 0 of a pmap-replicated tree in jit's layout (identity under jit).
     to_global = (
         functools.partial(parallel.unreplicate, sharding=replicated) if pmap else lambda t: t
@@ -258,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     # ----- Loop -------------------------------------------------------------------------------
     writer = MetricWriter(workdir, resume_step=start_step)
     total = config.train.steps
-    train_rows, last_time, last_step = [], time.perf_counter(), start_step
+    train_rows, throughput, compiled = [], _Throughput(start_step), set()
     batches = dataset.train_batches(start_step)
     step = start_step
     previous_params = None
@@ -267,7 +262,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
         while step < total:
             local_batch = next(batches)
             batch = put_batch(local_batch)
-            if hessian_every and step % hessian_every == 0:
+            probe_now = probe_every and step % probe_every == 0
+            hessian_now = hessian_every and step % hessian_every == 0
+            kinds = {'probe' if probe_now else 'train'} | ({'hessian'} if hessian_now else set())
+            compiles = not kinds <= compiled  # The first call of a step compiles it: untimed.
+            if compiles:
+                jax.block_until_ready(state)
+                throughput.pause(step)
+            if hessian_now:
                 if config.probes.hessian_batch == 'fixed':
                     # The batch of step 0, whatever step this run started at: comparable probes.
                     if fixed_probe_batch is None:
@@ -297,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 # Keep the start point of this update for the next probe's update curvature
                 # (a copy: the step donates the state's buffers).
                 previous_params = jax.tree.map(jnp.copy, to_global(state.params))
-            if probe_every and step % probe_every == 0:
+            if probe_now:
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.
                 writer.write(step, host(metrics['probes']))
@@ -306,34 +308,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                 state, metrics = train_step(state, batch)
             step += 1
             train_rows.append(metrics)
-            if step == start_step + 1:
-                # The first step compiles: keep it out of steps/sec and the ETA.
+            if compiles:
                 jax.block_until_ready(metrics)
                 logging.info(
-                    'First step (compile + run) took %.1f s', time.perf_counter() - last_time
+                    'Step %d compiled %s (compile + run: %.1f s)',
+                    step,
+                    ' + '.join(sorted(kinds - compiled)),
+                    throughput.resume(step),
                 )
-                last_time, last_step = time.perf_counter(), step
+                compiled |= kinds
             is_last = step == total
             if step % config.train.log_every_steps == 0 or is_last:
                 row = mean_metrics(host(train_rows))
-                now = time.perf_counter()
-                row['steps_per_sec'] = max(step - last_step, 1) / (now - last_time)
-                train_rows, last_time, last_step = [], now, step
+                rate = throughput.rate(step)
+                if rate is not None:  # None when every step since the last row compiled.
+                    row['steps_per_sec'] = rate
+                train_rows = []
                 check_finite(state)
                 if config.train.on_nonfinite == 'skip':
                     row['train/skipped_steps'] = scalar(state.skipped_steps)
                 writer.write(step, row)
-                eta = (total - step) / row['steps_per_sec']
                 logging.info(
-                    'step %d/%d | loss %.4f | acc %.3f | %.1f steps/s | ETA %s',
+                    'step %d/%d | loss %.4f | acc %.3f | %s steps/s | ETA %s',
                     step,
                     total,
                     row['train/loss'],
                     row['train/accuracy'],
-                    row['steps_per_sec'],
-                    _format_seconds(eta),
+                    '-' if rate is None else f'{rate:.1f}',
+                    throughput.eta(total - step),
                 )
             if step % config.train.eval_every_steps == 0 or is_last:
+                throughput.pause(step)  # Eval time is not training time.
                 row = evaluate(state)
                 writer.write(step, row)
                 logging.info(
@@ -343,9 +348,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     row['eval/loss'],
                     row['eval/accuracy'],
                 )
-                last_time = time.perf_counter()  # Eval time is not training time.
+                throughput.resume(step)
             # SIGTERM here, or orbax's multi-host preemption sync point: save now and stop.
             stop = preempted.is_set() or manager.reached_preemption(step)
+            # A background save that failed stops the run here, one interval late at most.
+            checkpoint.check_saved(manager, state)
             if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
                 check_finite(state)
                 checkpoint.save(manager, to_global(state))
@@ -356,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     workdir,
                 )
                 break
-        manager.wait_until_finished()
+        checkpoint.check_saved(manager, state, wait=True)
     finally:
         preempted.restore()
         writer.close()
@@ -384,6 +391,48 @@ class _PreemptionFlag:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Throughput:
+    """Steps/sec and ETA from timed steps only. The loop pauses the clock around what is not
+    training (a step that compiles, evaluation) and resumes it after."""
+
+    def __init__(self, step: int):
+        self._step, self._time = step, time.perf_counter()  # Start of the running segment.
+        self._steps, self._seconds = 0, 0.0  # Timed since the last `rate`.
+        self._all_steps, self._all_seconds = 0, 0.0  # Timed in this run: the ETA's rate.
+        self._paused_at = self._time
+
+    def pause(self, step: int) -> None:
+        """Ends the running segment at `step` (device work done: the caller synchronised)."""
+        if self._time is not None:
+            self._steps += step - self._step
+            self._seconds += time.perf_counter() - self._time
+            self._time = None
+            self._paused_at = time.perf_counter()
+
+    def resume(self, step: int) -> float:
+        """Starts a segment at `step`; returns the seconds spent paused."""
+        now = time.perf_counter()
+        paused = now - self._paused_at if self._time is None else 0.0
+        self._step, self._time = step, now
+        return paused
+
+    def rate(self, step: int) -> float | None:
+        """Steps/sec of the timed steps since the last call, or None if there were none."""
+        self.pause(step)
+        steps, seconds = self._steps, self._seconds
+        self._all_steps += steps
+        self._all_seconds += seconds
+        self._steps, self._seconds = 0, 0.0
+        self.resume(step)
+        return steps / seconds if steps and seconds > 0 else None
+
+    def eta(self, remaining_steps: int) -> str:
+        """Time left at this run's timed rate ('?' before any step was timed)."""
+        if not self._all_steps:
+            return '?'
+        return _format_seconds(remaining_steps * self._all_seconds / self._all_steps)
 
 
 def _format_seconds(seconds: float) -> str:

@@ -1,5 +1,11 @@
 """Trains a plain or residual CNN: `python scripts/train.py --config configs/X.py --workdir W`.
 
+A config is a file in configs/ (its docstring gives the command that runs it). Change any key
+with `--config.<key>=<value>` (e.g. `--config.model.depth=56 --config.model.residual=False`;
+keys: README.md). Append `:smoke` to the file (`--config configs/X.py:smoke`)
+to shrink the run to about a minute on a CPU with every code path on. Rerunning the same
+command on the same workdir resumes it.
+
 Exit codes: 0 done; 2 bad config, data or workdir (one line, before compiling); 3 stopped on a
 non-finite loss or gradient.
 
@@ -38,21 +44,34 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _quiet_orbax(record) -> bool:
-    # orbax logs every save at INFO; keep its warnings and errors only.
-    return 'orbax' not in record.pathname or record.levelno >= 30
+    # orbax logs every save at INFO; keep its warnings and errors only. JAX reports at INFO
+    # that it found no TPU (libtpu.so) while it picks a backend: expected, not an error.
+    if 'orbax' in record.pathname and record.levelno < 30:
+        return False
+    return not ('xla_bridge' in record.pathname and 'Unable to initialize backend' in record.msg)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag or unknown config key is one line and exit code 2."""
+    """absl's parser, but `--help` exits 0, and a bad flag, unknown config key or broken config
+    file is one line and exit code 2."""
+    if {'-h', '--help', '--helpshort', '-?'} & set(argv[1:]):
+        print(__doc__)
+        print(FLAGS.module_help(sys.argv[0]))
+        sys.exit(0)
     try:
         return FLAGS(argv)
+    except SyntaxError as e:
+        print(f'error: config file {e.filename} line {e.lineno}: {e.msg}', file=sys.stderr)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        message = message.removeprefix('ValueError: ')
         print(
             f'error: bad flag or config override: {message} (config keys: README.md)',
             file=sys.stderr,
         )
-        sys.exit(2)
+    except Exception as e:  # noqa: BLE001  (anything a config file's get_config raises)
+        print(f'error: cannot load --config: {type(e).__name__}: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
