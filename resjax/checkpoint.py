@@ -3,15 +3,30 @@ only once finalised), keep the last K, restore onto an abstract state with its s
 
 A save killed midway leaves `<step>.orbax-checkpoint-tmp`, which orbax never lists as a step;
 a writable manager deletes such leftovers when it opens (docs/notes.md, orbax).
+
+orbax keeps no checksums, so a flipped bit in an array file restores as a wrong number. `save`
+writes a CRC-32 of every array into the step's own metadata (committed atomically with it) and
+`restore` checks them, and that the state is finite: a damaged checkpoint is an error naming it,
+never a run that resumes from garbage.
 """
 
 from __future__ import annotations
 
+import errno
+import gc
+import glob
 import os
+import shutil
+import sys
+import zlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+CHECKSUMS_KEY = 'resjax_crc32'
 
 
 def checkpoint_manager(
@@ -34,9 +49,104 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be restored onto the requested state (one-line message)."""
 
 
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (one-line message: where, why, how much space)."""
+
+
+def checksums(state: Any) -> dict[str, str]:
+    """CRC-32 (hex) of each array's bytes, keyed by its tree path (`jax.tree_util.keystr`)."""
+    return {name: _crc32(x) for name, x in _host_leaves(state)}
+
+
+def _crc32(x: np.ndarray) -> str:
+    return f'{zlib.crc32(x.reshape(-1).view(np.uint8)):08x}'
+
+
+def _host_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
+    """(path, contiguous host copy) of each leaf, in one device-to-host transfer. resjax's
+    states are replicated, so every process reads its local copy."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    local = [x.addressable_data(0) if isinstance(x, jax.Array) else x for _, x in flat]
+    host = jax.device_get(local)
+    return [
+        (jax.tree_util.keystr(path), np.ascontiguousarray(x))
+        for (path, _), x in zip(flat, host, strict=True)
+    ]
+
+
 def save(manager: ocp.CheckpointManager, state: Any) -> None:
-    """Saves `state` at its own step (asynchronously; `manager.wait_until_finished()` to block)."""
-    manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
+    """Saves `state` at its own step, with its checksums, asynchronously (errors surface in
+    `check_saved`).
+
+    Raises SaveError before writing anything if the disk has less free space than the last
+    checkpoint takes on it (or the state's size, for the first): a save that cannot fit is not
+    started.
+    """
+    # orbax finishes the previous save before it starts one: wait here, so that its error (if
+    # any) is ours to report and its size on disk is known.
+    check_saved(manager, state, wait=True)
+    step = int(jax.device_get(state.step))
+    directory = str(manager.directory)
+    needed = _needed_bytes(manager, state)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise SaveError(_no_space(directory, step, needed, free))
+    manager.save(
+        step,
+        args=ocp.args.StandardSave(state),
+        force=True,
+        custom_metadata={CHECKSUMS_KEY: checksums(state)},
+    )
+
+
+def check_saved(manager: ocp.CheckpointManager, state: Any, wait: bool = False) -> None:
+    """Raises SaveError (one line, naming the directory and the space needed if the disk is
+    full) if a finished background save failed, after removing what it left; `wait` first
+    waits for the save in progress."""
+    try:
+        if wait:
+            manager.wait_until_finished()
+        else:
+            manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001  (orbax re-raises the save thread's error as is)
+        directory = str(manager.directory)
+        for tmp in glob.glob(os.path.join(directory, '*.orbax-checkpoint-tmp*')):
+            shutil.rmtree(tmp, ignore_errors=True)
+        needed = _needed_bytes(manager, state)
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        # TensorStore reports a full disk as a ValueError: RESOURCE_EXHAUSTED.
+        full = cause is not None and cause.errno == errno.ENOSPC
+        if full or any(s in str(e) for s in ('No space left', 'RESOURCE_EXHAUSTED')):
+            message = _no_space(directory, None, needed, shutil.disk_usage(directory).free)
+        else:
+            reason = f'{type(e).__name__}: {str(e).strip()}'.splitlines()[0][:200]
+            message = f'a checkpoint save in {directory} failed ({reason})'
+        raise SaveError(message) from e
+
+
+def _needed_bytes(manager: ocp.CheckpointManager, state: Any) -> int:
+    """Disk space a new checkpoint of `state` needs: what the latest one takes (file-system
+    blocks, metadata included), or the arrays' bytes if there is none."""
+    arrays = sum(x.nbytes for x in jax.tree.leaves(state))
+    latest = manager.latest_step()
+    if latest is None:
+        return arrays
+    on_disk = 0
+    for directory, _, names in os.walk(os.path.join(str(manager.directory), str(latest))):
+        on_disk += sum(os.stat(os.path.join(directory, n)).st_blocks * 512 for n in names)
+    return max(arrays, on_disk)
+
+
+def _no_space(directory: str, step: int | None, needed: int, free: int) -> str:
+    what = f'checkpoint {step}' if step is not None else 'a checkpoint'
+    size = lambda n: f'{n / 2**20:.1f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
+    return (
+        f'no space left to save {what} in {directory}: it needs about {size(needed)}, '
+        f'{size(free)} are free; free space and rerun the same command to resume from the last '
+        'saved step'
+    )
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
@@ -48,16 +158,52 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     (a step deleted while it was read, e.g. by a training run's `keep`).
     """
     step = manager.latest_step() if step is None else step
+    path = os.path.join(str(manager.directory), str(step))
+    older = [s for s in manager.all_steps() if s < step]
+    fix = f'delete it to resume from step {older[-1]}' if older else 'delete it'
     try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        saved = manager.metadata(step).custom_metadata or {}
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001  (ValueError, TensorStore's bare Exception, ...)
-        path = os.path.join(str(manager.directory), str(step))
-        older = [s for s in manager.all_steps() if s < step]
-        fix = f'delete it to resume from step {older[-1]}' if older else 'delete it'
-        reason = f'{type(e).__name__}: {str(e).strip()}'.splitlines()[0][:200]
+        _drop_sibling_read_errors()
+        reason = str(e).strip().split('. See full TensorStore details')[0]
+        reason = f'{type(e).__name__}: {reason}'.splitlines()[0][:200]
         raise CheckpointError(
             f"checkpoint {path} cannot be restored onto this config's state ({reason}); if the "
             f'checkpoint is damaged {fix}, if the config differs use its own workdir'
         ) from e
+    leaves = _host_leaves(state)
+    expected = saved.get(CHECKSUMS_KEY)  # Absent in checkpoints written before checksums.
+    if expected:
+        actual = {name: _crc32(x) for name, x in leaves}
+        bad = [k for k in expected if actual.get(k) != expected[k]]
+        if bad:
+            raise CheckpointError(
+                f'checkpoint {path} is damaged: {len(bad)} array(s) differ from the checksums '
+                f'saved with them (first: state{bad[0]}); {fix}'
+            )
+    nonfinite = [
+        name
+        for name, x in leaves
+        if jnp.issubdtype(x.dtype, jnp.inexact) and not np.isfinite(x.astype(np.float64)).all()
+    ]
+    if nonfinite:
+        raise CheckpointError(
+            f'checkpoint {path} holds non-finite values (first: state{nonfinite[0]}), so it is '
+            f'damaged (a saved state is always finite); {fix}'
+        )
+    return state
+
+
+def _drop_sibling_read_errors() -> None:
+    """orbax reads arrays in concurrent coroutines: after the first failure, the others that
+    failed too print "Exception ignored in <coroutine ...>" tracebacks when they are collected.
+    They repeat the error being raised; collect them now, silently."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
