@@ -135,8 +135,8 @@ def _check_shapes(step_dir: str, abstract: PyTree, workdir: str, step: int) -> N
     # Compare before restoring, so a checkpoint of another model is refused in one line.
     try:
         tree = ocp.StandardCheckpointer().metadata(step_dir).item_metadata.tree
-    except Exception as e:  # noqa: BLE001 (orbax raises many kinds)
-        raise InspectError(f'cannot read checkpoint metadata in {step_dir}: {e}') from None
+    except Exception:  # noqa: BLE001 (orbax raises many kinds)
+        return  # Damaged or gone: the restore that follows says which, in one line.
     saved = {
         '/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -178,43 +178,50 @@ def load_run(workdir: str, step: int | None = None, batch: int = 128) -> Run:
         raise InspectError(
             f'{workdir!r} is not a resjax run: no checkpoints (looked for {ckpt_dir})'
         )
-    manager = checkpoint.checkpoint_manager(workdir, read_only=True)
+    cfg = config.copy_and_resolve_references()
+    cfg.train.batch_size = batch
+    cfg.train.eval_batch_size = batch
+    if cfg.dataset.augment == 'cifar':
+        cfg.dataset.augment = 'none'  # Probe the examples, not random crops of them.
     try:
-        saved = manager.all_steps()
-        if not saved:
-            raise InspectError(f'{workdir!r} has no finished checkpoint in {ckpt_dir}')
-        step = saved[-1] if step is None else step
-        if step not in saved:
-            raise InspectError(f'step {step} not found in {ckpt_dir}; saved steps: {list(saved)}')
-        cfg = config.copy_and_resolve_references()
-        cfg.train.batch_size = batch
-        cfg.train.eval_batch_size = batch
-        if cfg.dataset.augment == 'cifar':
-            cfg.dataset.augment = 'none'  # Probe the examples, not random crops of them.
+        dataset = data.create_dataset(cfg)
+        model = models.create_model(config.model, dataset.num_classes)
+        tx = optim.create_optimizer(config.train)
+    except ValueError as e:
+        raise InspectError(f'{workdir!r}: {e}') from None
+    init = functools.partial(steps.create_train_state, model, tx, dataset.image_shape, config.seed)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init)
+    )
+    latest = step is None
+    # A live run deletes old steps as it saves new ones: a latest step that vanishes while it
+    # is read is replaced by the new latest (a fresh manager lists it), a few times at most.
+    for attempt in range(5):
+        manager = checkpoint.checkpoint_manager(workdir, read_only=True)
         try:
-            dataset = data.create_dataset(cfg)
-            model = models.create_model(config.model, dataset.num_classes)
-            tx = optim.create_optimizer(config.train)
-        except ValueError as e:
-            raise InspectError(f'{workdir!r}: {e}') from None
-        init = functools.partial(
-            steps.create_train_state, model, tx, dataset.image_shape, config.seed
-        )
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-            jax.eval_shape(init),
-        )
-        _check_shapes(os.path.join(ckpt_dir, str(step), 'default'), abstract, workdir, step)
-        try:
+            saved = manager.all_steps()
+            if not saved:
+                raise InspectError(f'{workdir!r} has no finished checkpoint in {ckpt_dir}')
+            step = saved[-1] if latest else step
+            if step not in saved:
+                raise InspectError(
+                    f'step {step} not found in {ckpt_dir}; saved steps: {list(saved)}'
+                )
+            step_dir = os.path.join(os.path.abspath(ckpt_dir), str(step))
+            _check_shapes(os.path.join(step_dir, 'default'), abstract, workdir, step)
             state = checkpoint.restore(manager, abstract, step)
-        except FileNotFoundError:
-            raise InspectError(
-                f'step {step} of {workdir!r} disappeared while reading (training keeps only '
-                'the last checkpoints); pick a newer --step'
-            ) from None
-    finally:
-        manager.close()
+            break
+        except (checkpoint.CheckpointError, FileNotFoundError) as e:
+            if os.path.isdir(step_dir):
+                raise InspectError(str(e)) from None  # Damaged, or another model's.
+            if not latest or attempt == 4:
+                raise InspectError(
+                    f'step {step} of {workdir!r} disappeared while reading (training keeps '
+                    'only the last checkpoints); pick a newer --step'
+                ) from None
+        finally:
+            manager.close()
     return Run(workdir, plots.run_label(workdir), step, config, model, tx, dataset, state)
 
 
@@ -1164,6 +1171,8 @@ def inspect(
     """Loads every workdir (read-only) and runs `probes` in order; returns {probe: numbers}
     with each probe's wall time in seconds under `timings` (also in `timings.json`)."""
     validate(probes, opts)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InspectError(f'--out {out_dir!r} is a file; give a directory')
     runs = load_runs(workdirs, step, opts.batch)
     os.makedirs(out_dir, exist_ok=True)
     results, timings = {}, {}

@@ -42,6 +42,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+from absl import logging  # noqa: E402
 
 from resjax.data import Batch, Dataset  # noqa: E402
 
@@ -241,8 +242,15 @@ def _image_folder(d: ml_collections.ConfigDict) -> _Source:
             f'image folder {root} has no eval split with images: add one of '
             f'{list(FOLDER_EVAL_SPLITS)} beside train/'
         )
+    label_names = builder.info.features['label'].names
+    if len(label_names) < 2:
+        raise ValueError(
+            f'image folder {root} has {len(label_names)} class ({label_names}): a classifier '
+            'needs at least two <label>/ folders under train/'
+        )
     label_ids = builder.info.features['label'].str2int
     files = tuple(ex.image_path for name in ('train', eval_name) for ex in examples[name])
+    _warn_skipped(root, ('train', eval_name), set(files))
     stored_size, num_bytes = None, 0
     if len(files) <= EAGER_CHECK_MAX_FILES:
         stored_size, num_bytes = _check_images(files, same_size=d.augment != 'imagenet')
@@ -265,13 +273,41 @@ def _image_folder(d: ml_collections.ConfigDict) -> _Source:
 
     return _Source(
         name='image_folder',
-        num_classes=len(builder.info.features['label'].names),
+        num_classes=len(label_names),
         channels=3,
         stored_size=stored_size,
         train=split('train'),
         eval=split(eval_name),
         files=files,
     )
+
+
+def _warn_skipped(root: str, splits: tuple[str, ...], used: set[str]) -> None:
+    """Logs how many files under the splits ImageFolder does not read, and why: it takes
+    only <split>/<label>/<file> with a .jpg/.jpeg/.png name."""
+    reasons: dict[str, list[str]] = {}
+    for split in splits:
+        top = os.path.join(root, split)
+        for directory, _, names in tf.io.gfile.walk(top):
+            depth = len(os.path.relpath(directory, top).split(os.sep))
+            for name in names:
+                path = os.path.join(directory, name)
+                if path in used:
+                    continue
+                if directory == top:
+                    why = f'directly in {split}/, outside any <label>/ folder'
+                elif depth > 1:
+                    why = 'in a folder below <split>/<label>/ (not read)'
+                else:
+                    why = 'not named .jpg/.jpeg/.png'
+                reasons.setdefault(why, []).append(path)
+    if reasons:
+        logging.warning(
+            'image folder %s: %d file(s) skipped: %s',
+            root,
+            sum(len(p) for p in reasons.values()),
+            '; '.join(f'{len(p)} {why} (e.g. {p[0]})' for why, p in reasons.items()),
+        )
 
 
 def _check_images(files: tuple[str, ...], same_size: bool) -> tuple[tuple[int, int], int]:
