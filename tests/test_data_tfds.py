@@ -250,6 +250,31 @@ def test_image_folder_errors_name_the_path(tmp_path):
         create_dataset(folder_config(tmp_path), 0, 1)
 
 
+def test_image_folder_says_what_it_skips_and_refuses_one_class(tmp_path, caplog):
+    make_folder(tmp_path)
+    deeper = tmp_path / 'train' / 'cat' / 'extra'
+    os.makedirs(deeper)
+    for i in range(4):  # One level too deep: ImageFolder never reads these.
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deeper / f'{i}.png')
+    (tmp_path / 'train' / 'dog' / 'notes.txt').write_text('not an image')
+    (tmp_path / 'test' / 'loose.png').write_bytes(b'')
+    with caplog.at_level('WARNING'):
+        ds = create_dataset(folder_config(tmp_path), 0, 1)
+    assert (ds.num_train, ds.num_eval) == (6, 4)
+    (message,) = [r.getMessage() for r in caplog.records if 'skipped' in r.getMessage()]
+    assert '6 file(s) skipped' in message, message
+    assert '4 in a folder below <split>/<label>/' in message
+    assert '1 not named .jpg/.jpeg/.png' in message and 'notes.txt' in message
+    assert '1 directly in test/' in message
+
+    one = tmp_path / 'one'
+    for split in ('train', 'test'):
+        os.makedirs(one / split / 'cat')
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(one / split / 'cat' / '0.png')
+    with pytest.raises(ValueError, match=r'has 1 class.*at least two'):
+        create_dataset(folder_config(one), 0, 1)
+
+
 @pytest.mark.parametrize('lazy', [False, True])
 @pytest.mark.parametrize('content', [b'not an image', b'\x89PNG\r\n\x1a\n truncated'])
 def test_image_folder_bad_file_is_named(tmp_path, monkeypatch, lazy, content):

@@ -18,9 +18,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from resjax import checkpoint, data, train
+from resjax import checkpoint, data, inspection, metrics, train, workdir
 from resjax.metrics import read_metrics
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -99,16 +100,20 @@ def _manager(workdir):
 
 
 def _saved_state(workdir, step):
-    return jax.tree.leaves(_manager(workdir).restore(step))
+    # Explicit args: a read-only manager's bare `restore(step)` can return no leaves at all.
+    state = jax.tree.leaves(_manager(workdir).restore(step, args=ocp.args.StandardRestore()))
+    assert len(state) > 50  # params, BN statistics, momentum, counters
+    return state
 
 
 def _tree_digest(root):
-    """Names, sizes, mtimes and contents of every file under `root`."""
+    """Names, sizes, mtimes and contents of every file under `root` but the lock file (whose
+    content names the last run that held it)."""
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in sorted(os.walk(root)):
         dirnames.sort()
         h.update(os.path.relpath(dirpath, root).encode())
-        for name in sorted(filenames):
+        for name in sorted(set(filenames) - {workdir.LOCK_FILE}):
             path = os.path.join(dirpath, name)
             st = os.stat(path)
             h.update(f'{name} {st.st_size} {st.st_mtime_ns}'.encode())
@@ -246,18 +251,20 @@ def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, digits_config)
 
 
 def test_incompatible_or_unwritable_workdir_is_refused(tmp_path, digits_config):
-    train.prepare_workdir(digits_config, str(tmp_path))
+    check = lambda c, w: workdir.check(c, str(w), train.RESUME_CRITICAL)
+    check(digits_config, tmp_path)
+    assert not (tmp_path / 'config.json').exists()  # Written only once a run starts.
+    workdir.write_config(digits_config, str(tmp_path))
     other = digits_config.copy_and_resolve_references()
     other.model.residual = False
-    with pytest.raises(train.ConfigError, match='model.residual=True.*allow_config_change'):
-        train.prepare_workdir(other, str(tmp_path))
+    with pytest.raises(workdir.WorkdirError, match='model.residual=True.*allow_config_change'):
+        check(other, tmp_path)
     other.train.allow_config_change = True
-    train.prepare_workdir(other, str(tmp_path))  # Allowed, and recorded:
-    assert _config_of(tmp_path).model.residual is False
+    check(other, tmp_path)  # Allowed.
     blocker = tmp_path / 'file'
     blocker.write_text('not a directory')
-    with pytest.raises(train.ConfigError, match='workdir .* is not writable'):
-        train.prepare_workdir(digits_config, str(blocker / 'run'))
+    with pytest.raises(workdir.WorkdirError, match='workdir .* is not writable'):
+        check(digits_config, blocker / 'run')
 
 
 @pytest.mark.parametrize('case', ['unknown key', 'incompatible workdir'])
@@ -303,3 +310,257 @@ def test_nonfinite_stop_exits_3_with_one_line(tmp_path):
     lines = _error_lines(out.stderr)
     assert out.returncode == 3, out.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith('stopped: ') and 'step 7' in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir: one run at a time, nothing changed by a refused run.
+
+HOLD_LOCK = """
+import sys, time
+from resjax import workdir
+with workdir.lock(sys.argv[1]):
+    print('held', flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_busy_workdir_is_refused_and_a_dead_holder_blocks_nothing(reference, tmp_path):
+    work = tmp_path / 'run'
+    shutil.copytree(reference, work)
+    holder = subprocess.Popen(
+        [sys.executable, '-c', HOLD_LOCK, str(work)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        before = _tree_digest(work)
+        code, err = _train(work, *RUN, '--config.train.steps=45')
+        assert code == 2, err[-2000:]
+        lines = _error_lines(err)
+        assert len(lines) == 1 and f'in use by pid {holder.pid} on' in lines[0], err[-2000:]
+        assert _tree_digest(work) == before  # Not a row, not a checkpoint, not config.json.
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays, its flock goes with the process.
+        holder.wait()
+    assert (work / '.lock').exists()
+    with workdir.lock(str(work)):
+        with pytest.raises(workdir.WorkdirError, match=f'in use by pid {os.getpid()}'):
+            with workdir.lock(str(work)):
+                pass
+
+
+def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    # Room for the config, metrics and two checkpoints (~180 KiB each), not for a third.
+    mount = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', 'size=480k', 'tmpfs', str(disk)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f'cannot mount a small tmpfs here: {mount.stderr.decode().strip()}')
+    try:
+        work = disk / 'run'
+        code, err = _train(work, *RUN)
+        assert code == 2, err[-2000:]
+        lines = _error_lines(err)
+        assert len(lines) == 1 and 'no space left' in lines[0] and str(work) in lines[0], lines
+        saved = _manager(work).all_steps()
+        assert saved and saved[-1] < STEPS
+        assert not [p.name for p in (work / 'checkpoints').iterdir() if TMP in p.name]
+        _saved_state(work, saved[-1])  # What was saved is whole.
+        # The failed save was of step saved[-1] + EVERY: at most one more interval trained.
+        last = max(r['step'] for r in read_metrics(str(work)) if 'train/loss' in r)
+        assert last <= saved[-1] + 2 * EVERY, (saved, last)
+    finally:
+        subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def _corrupt_state(work, step, change):
+    """Rewrites checkpoint `step`'s array data with `change(state)`, keeping its metadata (and
+    so the checksums saved with the original): what flipped bytes on disk amount to."""
+    manager = _manager(work)
+    state = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    scratch = work / 'scratch'
+    other = ocp.CheckpointManager(str(scratch))
+    other.save(step, args=ocp.args.StandardSave(change(state)))
+    other.wait_until_finished()
+    other.close()
+    target = work / 'checkpoints' / str(step) / 'default'
+    shutil.rmtree(target)
+    shutil.copytree(scratch / str(step) / 'default', target)
+    shutil.rmtree(scratch)
+
+
+def _momentum_times(factor):
+    def change(state):
+        trace = state['opt_state'][1]['trace']  # optax.chain(weight decay, momentum)
+        name = sorted(trace)[0]
+        trace[name] = jax.tree.map(lambda x: np.asarray(x) * factor, trace[name])
+        return state
+
+    return change
+
+
+@pytest.mark.parametrize('damage', ['nan', 'changed'])
+def test_a_checkpoint_that_restores_wrong_numbers_is_named(reference, tmp_path, damage):
+    work = tmp_path / 'run'
+    shutil.copytree(reference, work)
+    _corrupt_state(work, STEPS, _momentum_times(np.nan if damage == 'nan' else 1.001))
+    before = _tree_digest(work)
+    config = _config_of(work)
+    config.train.steps = STEPS + EVERY
+    # A NaN fails the checksum first; without checksums (older checkpoints) the finite check.
+    expected = 'differ from the checksums saved' if damage == 'changed' else 'damaged'
+    with pytest.raises(
+        train.ConfigError,
+        match=f'checkpoints/{STEPS} .*{expected}.*opt_state.*resume from step {STEPS - EVERY}',
+    ):
+        train.train_and_evaluate(config, str(work))
+    assert _tree_digest(work) == before
+    if damage == 'nan':  # No checksums in the metadata: the finite check still names it.
+        metadata = work / 'checkpoints' / str(STEPS) / '_CHECKPOINT_METADATA'
+        saved = json.loads(metadata.read_text())
+        saved['custom_metadata'] = {}
+        metadata.write_text(json.dumps(saved))
+        with pytest.raises(train.ConfigError, match=f'{STEPS} holds non-finite values.*opt_state'):
+            train.train_and_evaluate(config, str(work))
+
+
+def test_a_resumed_probe_step_writes_no_row_twice(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    writer = metrics.MetricWriter(str(tmp_path))
+    for step in (0, 5, 10):
+        writer.write(step, {'train/loss': 1.0 / (step + 1)})
+        writer.write(step, {'grad_norm/global': float(step)})  # The probe row of `step`...
+    writer.write(15, {'train/loss': 0.5})
+    writer.close()
+    # ...is written after checkpoint `step` is saved; a run killed after 15's row resumes
+    # from checkpoint 10 and computes step 10's probes again.
+    writer = metrics.MetricWriter(str(tmp_path), resume_step=10)
+    writer.write(10, {'grad_norm/global': 10.0, 'act_std/x': 1.0})
+    writer.write(11, {'train/loss': 0.25})
+    writer.close()
+    rows = metrics.read_metrics(str(tmp_path))
+    keys = [(r['step'], k) for r in rows for k in r if k != 'step']
+    assert len(keys) == len(set(keys)), rows
+    assert [r['step'] for r in rows] == [0, 0, 5, 5, 10, 10, 10, 11]
+    assert rows[-2] == {'step': 10, 'act_std/x': 1.0}  # Only what the first run had not written.
+    assert path.read_text().endswith('\n')
+
+
+def test_a_refused_run_changes_nothing_and_bad_workdir_files_are_named(reference, tmp_path):
+    work = tmp_path / 'run'
+    shutil.copytree(reference, work)
+    config = _config_of(work)
+    # Another depth, allowed by the flag, whose checkpoint cannot be restored: refused, and
+    # config.json still describes the run, so the right command and inspection still work.
+    config.model.depth, config.train.allow_config_change = 14, True
+    before = _tree_digest(work)
+    with pytest.raises(train.ConfigError, match='cannot be restored'):
+        train.train_and_evaluate(config, str(work))
+    assert _tree_digest(work) == before
+    assert inspection.load_run(str(work)).step == STEPS
+
+    # A malformed row mid-file (not a torn last line): named, the file untouched.
+    config = _config_of(work)
+    lines = (work / 'metrics.jsonl').read_text().splitlines(keepends=True)
+    lines.insert(3, '{"step": "three"}\n')
+    (work / 'metrics.jsonl').write_text(''.join(lines))
+    before = _tree_digest(work)
+    with pytest.raises(train.ConfigError, match='metrics.jsonl line 4 is not a metrics row'):
+        train.train_and_evaluate(config, str(work))
+    assert _tree_digest(work) == before
+
+    # config.json cut in half.
+    text = (work / 'config.json').read_text()
+    (work / 'config.json').write_text(text[: len(text) // 2])
+    with pytest.raises(train.ConfigError, match='config.json cannot be read.*JSONDecodeError'):
+        train.train_and_evaluate(config, str(work))
+
+
+BAD_CONFIGS = {
+    'syntax error': ('def get_config(arg=None):\n    return (\n', "line 2: '(' was never closed"),
+    'unknown key in the file': (
+        'from resjax import config_lib\n'
+        'def get_config(arg=None):\n'
+        '    c = config_lib.default_config()\n'
+        '    c.model.dept = 8\n'
+        '    return config_lib.finalize(c, arg)\n',
+        "'model.dept' is not one resjax reads (did you mean 'depth'?",
+    ),
+}
+
+
+@pytest.mark.parametrize('case', [*BAD_CONFIGS, 'negative seed'])
+def test_bad_config_files_and_values_exit_2_with_one_line(tmp_path, case):
+    config = os.path.join(ROOT, 'configs', 'digits_resnet20.py')
+    overrides, message = ['--config.seed=-1'], 'seed=-1 must be an integer in [0, 2**31)'
+    if case in BAD_CONFIGS:
+        text, message = BAD_CONFIGS[case]
+        config, overrides = tmp_path / 'config.py', []
+        config.write_text(text)
+    command = [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'), '--config', str(config)]
+    out = subprocess.run(
+        [*command, '--workdir', str(tmp_path / 'run'), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = _error_lines(out.stderr)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], lines
+    assert not (tmp_path / 'run').exists()
+
+
+def test_help_exits_0_and_says_how_to_choose_and_override_a_config():
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'), '--help'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '--config.<key>=<value>' in out.stdout and ':smoke' in out.stdout
+    assert '--workdir' in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection of damaged and live workdirs.
+
+
+def test_inspection_of_a_damaged_checkpoint_or_a_file_as_out_is_a_one_line_error(
+    reference, tmp_path
+):
+    work = tmp_path / 'run'
+    shutil.copytree(reference, work)
+    (tmp_path / 'file').write_text('')
+    opts = inspection.Options()
+    with pytest.raises(inspection.InspectError, match="--out .*file' is a file"):
+        inspection.inspect([str(work)], ['summary'], str(tmp_path / 'file'), opts)
+    data_files = sorted((work / 'checkpoints' / str(STEPS) / 'default').glob('**/d/*'))
+    os.remove(data_files[0])
+    with pytest.raises(inspection.InspectError, match=f'checkpoints/{STEPS} cannot be restored'):
+        inspection.inspect([str(work)], ['summary'], str(tmp_path / 'out'), opts)
+
+
+def test_inspection_reads_a_relative_workdir_and_survives_a_deleted_latest_step(
+    reference, tmp_path, monkeypatch
+):
+    shutil.copytree(reference, tmp_path / 'run')
+    monkeypatch.chdir(tmp_path)
+    assert inspection.load_run('run').step == STEPS  # orbax needs absolute paths.
+    # A live run saves STEPS + EVERY and deletes STEPS between our listing and our read.
+    check_shapes = inspection._check_shapes
+
+    def deleted_while_read(step_dir, *args):
+        if f'/{STEPS}/' in step_dir:
+            shutil.rmtree(os.path.dirname(step_dir))
+        return check_shapes(step_dir, *args)
+
+    monkeypatch.setattr(inspection, '_check_shapes', deleted_while_read)
+    assert inspection.load_run('run').step == STEPS - EVERY  # The latest that exists now.
+    shutil.copytree(
+        reference / 'checkpoints' / str(STEPS), tmp_path / 'run' / 'checkpoints' / str(STEPS)
+    )
+    with pytest.raises(inspection.InspectError, match=f'step {STEPS} .*disappeared'):
+        inspection.load_run('run', step=STEPS)
