@@ -406,10 +406,10 @@ class _Throughput:
     def pause(self, step: int) -> None:
         """Ends the running segment at `step` (device work done: the caller synchronised)."""
         if self._time is not None:
+            now = time.perf_counter()
             self._steps += step - self._step
-            self._seconds += time.perf_counter() - self._time
-            self._time = None
-            self._paused_at = time.perf_counter()
+            self._seconds += now - self._time
+            self._time, self._paused_at = None, now
 
     def resume(self, step: int) -> float:
         """Starts a segment at `step`; returns the seconds spent paused."""
