@@ -84,10 +84,10 @@ def save(manager: ocp.CheckpointManager, state: Any) -> None:
     """
     # orbax finishes the previous save before it starts one: wait here, so that its error (if
     # any) is ours to report and its size on disk is known.
-    check_saved(manager, state, wait=True)
+    check_saved(manager, wait=True)
     step = int(jax.device_get(state.step))
     directory = str(manager.directory)
-    needed = _needed_bytes(manager, state)
+    needed = max(_latest_on_disk(manager), sum(x.nbytes for x in jax.tree.leaves(state)))
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise SaveError(_no_space(directory, step, needed, free))
@@ -99,7 +99,7 @@ def save(manager: ocp.CheckpointManager, state: Any) -> None:
     )
 
 
-def check_saved(manager: ocp.CheckpointManager, state: Any, wait: bool = False) -> None:
+def check_saved(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     """Raises SaveError (one line, naming the directory and the space needed if the disk is
     full) if a finished background save failed, after removing what it left; `wait` first
     waits for the save in progress."""
@@ -112,7 +112,7 @@ def check_saved(manager: ocp.CheckpointManager, state: Any, wait: bool = False) 
         directory = str(manager.directory)
         for tmp in glob.glob(os.path.join(directory, '*.orbax-checkpoint-tmp*')):
             shutil.rmtree(tmp, ignore_errors=True)
-        needed = _needed_bytes(manager, state)
+        needed = _latest_on_disk(manager)
         cause = e
         while cause is not None and not isinstance(cause, OSError):
             cause = cause.__cause__ or cause.__context__
@@ -126,26 +126,24 @@ def check_saved(manager: ocp.CheckpointManager, state: Any, wait: bool = False) 
         raise SaveError(message) from e
 
 
-def _needed_bytes(manager: ocp.CheckpointManager, state: Any) -> int:
-    """Disk space a new checkpoint of `state` needs: what the latest one takes (file-system
-    blocks, metadata included), or the arrays' bytes if there is none."""
-    arrays = sum(x.nbytes for x in jax.tree.leaves(state))
+def _latest_on_disk(manager: ocp.CheckpointManager) -> int:
+    """Bytes the latest finished checkpoint takes on disk (file-system blocks, metadata
+    included): what the next one needs. 0 if there is none."""
     latest = manager.latest_step()
-    if latest is None:
-        return arrays
     on_disk = 0
-    for directory, _, names in os.walk(os.path.join(str(manager.directory), str(latest))):
-        on_disk += sum(os.stat(os.path.join(directory, n)).st_blocks * 512 for n in names)
-    return max(arrays, on_disk)
+    if latest is not None:
+        for directory, _, names in os.walk(os.path.join(str(manager.directory), str(latest))):
+            on_disk += sum(os.stat(os.path.join(directory, n)).st_blocks * 512 for n in names)
+    return on_disk
 
 
 def _no_space(directory: str, step: int | None, needed: int, free: int) -> str:
     what = f'checkpoint {step}' if step is not None else 'a checkpoint'
     size = lambda n: f'{n / 2**20:.1f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
+    need = f'it needs about {size(needed)}, ' if needed else ''
     return (
-        f'no space left to save {what} in {directory}: it needs about {size(needed)}, '
-        f'{size(free)} are free; free space and rerun the same command to resume from the last '
-        'saved step'
+        f'no space left to save {what} in {directory}: {need}{size(free)} are free; free space '
+        'and rerun the same command to resume from the last saved step'
     )
 
 

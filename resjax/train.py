@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
-
+    """`train_and_evaluate` once the workdir is checked and held."""
     # ----- Input -------------------------------------------------------------------------------
     try:
         dataset = data.create_dataset(config)
@@ -338,6 +338,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                     throughput.eta(total - step),
                 )
             if step % config.train.eval_every_steps == 0 or is_last:
+                jax.block_until_ready(state)
                 throughput.pause(step)  # Eval time is not training time.
                 row = evaluate(state)
                 writer.write(step, row)
@@ -352,7 +353,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             # SIGTERM here, or orbax's multi-host preemption sync point: save now and stop.
             stop = preempted.is_set() or manager.reached_preemption(step)
             # A background save that failed stops the run here, one interval late at most.
-            checkpoint.check_saved(manager, state)
+            checkpoint.check_saved(manager)
             if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
                 check_finite(state)
                 checkpoint.save(manager, to_global(state))
@@ -363,7 +364,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                     workdir,
                 )
                 break
-        checkpoint.check_saved(manager, state, wait=True)
+        checkpoint.check_saved(manager, wait=True)
     finally:
         preempted.restore()
         writer.close()
