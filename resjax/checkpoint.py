@@ -12,13 +12,16 @@ never a run that resumes from garbage.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import glob
 import os
 import shutil
 import sys
+import tempfile
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -205,3 +208,34 @@ def _drop_sibling_read_errors() -> None:
         gc.collect()
     finally:
         sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def held_step(workdir: str, step: int) -> Iterator[str]:
+    """A private snapshot of `<workdir>/checkpoints/<step>` that a training run deleting old
+    steps cannot take away mid-read: yields a temporary workdir holding only that step, as hard
+    links (a copy across file systems), removed on exit. Nothing is written in `workdir`.
+
+    Raises FileNotFoundError if the step disappears before it is held.
+    """
+    source = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step))
+    held = tempfile.mkdtemp(prefix='resjax-held-')
+    try:
+        try:
+            shutil.copytree(
+                source, os.path.join(held, 'checkpoints', str(step)), copy_function=_link_or_copy
+            )
+        except (shutil.Error, FileNotFoundError) as e:
+            raise FileNotFoundError(f'{source} disappeared while it was held') from e
+        yield held
+    finally:
+        shutil.rmtree(held, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        shutil.copy2(source, target)

@@ -18,6 +18,7 @@ Semantics shared by every probe (README "Inspecting a checkpoint"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -195,34 +196,53 @@ def load_run(workdir: str, step: int | None = None, batch: int = 128) -> Run:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init)
     )
     latest = step is None
-    # A live run deletes old steps as it saves new ones: a latest step that vanishes while it
-    # is read is replaced by the new latest (a fresh manager lists it), a few times at most.
-    for attempt in range(5):
-        manager = checkpoint.checkpoint_manager(workdir, read_only=True)
+    # A live run deletes old steps as it saves new ones, and a checkpoint every few steps lives
+    # for less time than a restore takes: the step is read from a private hard-linked snapshot,
+    # and a latest step that vanishes before it is held is replaced by the new latest.
+    for _ in range(5):
         try:
-            saved = manager.all_steps()
-            if not saved:
-                raise InspectError(f'{workdir!r} has no finished checkpoint in {ckpt_dir}')
-            step = saved[-1] if latest else step
-            if step not in saved:
-                raise InspectError(
-                    f'step {step} not found in {ckpt_dir}; saved steps: {list(saved)}'
-                )
-            step_dir = os.path.join(os.path.abspath(ckpt_dir), str(step))
-            _check_shapes(os.path.join(step_dir, 'default'), abstract, workdir, step)
-            state = checkpoint.restore(manager, abstract, step)
+            with contextlib.closing(checkpoint.checkpoint_manager(workdir, read_only=True)) as m:
+                saved = m.all_steps()
+        except FileNotFoundError:  # orbax stats each step it lists: one vanished meanwhile.
+            continue
+        if not saved:
+            raise InspectError(f'{workdir!r} has no finished checkpoint in {ckpt_dir}')
+        step = saved[-1] if latest else step
+        if step not in saved:
+            raise InspectError(f'step {step} not found in {ckpt_dir}; saved steps: {list(saved)}')
+        try:
+            state = _read_step(workdir, step, abstract)
             break
-        except (checkpoint.CheckpointError, FileNotFoundError) as e:
-            if os.path.isdir(step_dir):
-                raise InspectError(str(e)) from None  # Damaged, or another model's.
-            if not latest or attempt == 4:
+        except checkpoint.CheckpointError as e:
+            raise InspectError(str(e)) from None  # Damaged, or another model's.
+        except FileNotFoundError:
+            if not latest:
                 raise InspectError(
                     f'step {step} of {workdir!r} disappeared while reading (training keeps '
                     'only the last checkpoints); pick a newer --step'
                 ) from None
+    else:
+        raise InspectError(
+            f'the checkpoints of {workdir!r} were deleted faster than they could be read '
+            f'(5 tries); raise train.checkpoint_every_steps or pass --step'
+        )
+    return Run(workdir, plots.run_label(workdir), step, config, model, tx, dataset, state)
+
+
+def _read_step(workdir: str, step: int, abstract: PyTree) -> steps.TrainState:
+    """Restores checkpoint `step` from a snapshot held for the read (FileNotFoundError if the
+    step vanished first)."""
+    with checkpoint.held_step(workdir, step) as held:
+        manager = checkpoint.checkpoint_manager(held, read_only=True)
+        try:
+            step_dir = os.path.join(held, 'checkpoints', str(step))
+            _check_shapes(os.path.join(step_dir, 'default'), abstract, workdir, step)
+            return checkpoint.restore(manager, abstract, step)
+        except checkpoint.CheckpointError as e:  # Name the run's checkpoint, not the snapshot.
+            message = str(e).replace(held, os.path.abspath(workdir))
+            raise checkpoint.CheckpointError(message) from None
         finally:
             manager.close()
-    return Run(workdir, plots.run_label(workdir), step, config, model, tx, dataset, state)
 
 
 def load_runs(workdirs: list[str], step: int | None = None, batch: int = 128) -> list[Run]:

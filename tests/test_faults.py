@@ -550,14 +550,14 @@ def test_inspection_reads_a_relative_workdir_and_survives_a_deleted_latest_step(
     monkeypatch.chdir(tmp_path)
     assert inspection.load_run('run').step == STEPS  # orbax needs absolute paths.
     # A live run saves STEPS + EVERY and deletes STEPS between our listing and our read.
-    check_shapes = inspection._check_shapes
+    held_step = checkpoint.held_step
 
-    def deleted_while_read(step_dir, *args):
-        if f'/{STEPS}/' in step_dir:
-            shutil.rmtree(os.path.dirname(step_dir))
-        return check_shapes(step_dir, *args)
+    def deleted_while_listed(workdir, step):
+        if step == STEPS:
+            shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
+        return held_step(workdir, step)
 
-    monkeypatch.setattr(inspection, '_check_shapes', deleted_while_read)
+    monkeypatch.setattr(checkpoint, 'held_step', deleted_while_listed)
     assert inspection.load_run('run').step == STEPS - EVERY  # The latest that exists now.
     shutil.copytree(
         reference / 'checkpoints' / str(STEPS), tmp_path / 'run' / 'checkpoints' / str(STEPS)
