@@ -486,7 +486,7 @@ BAD_CONFIGS = {
         '    c = config_lib.default_config()\n'
         '    c.model.dept = 8\n'
         '    return config_lib.finalize(c, arg)\n',
-        "'model.dept' is not one resjax reads (did you mean 'depth'?",
+        "'model.dept' is not one resjax reads (did you mean 'depth'?)",
     ),
 }
 
