@@ -135,6 +135,7 @@ def make_sharpness_probe(
                 values.append(float(hvp_dot(*args, z, 0.0)[1]))
             out['hessian/trace'] = float(np.mean(values))
             out['hessian/trace_stderr'] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+            out['hessian/num_hvps'] += trace_samples
         return out, vec
 
     return probe
