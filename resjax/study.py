@@ -34,7 +34,6 @@ import dataclasses
 import html
 import itertools
 import json
-import logging as std_logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -49,6 +48,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from resjax import plots, train  # noqa: E402
+from resjax.logs import format_seconds  # noqa: E402
 from resjax.metrics import read_metrics  # noqa: E402
 from resjax.probes import signals  # noqa: E402
 from resjax.study_config import INSPECT_FIGURES, default_study_config  # noqa: E402
@@ -67,7 +67,6 @@ INSPECT_OPTIONS = (
     'chunk',
 )
 DIVERGED = 'DIVERGED'
-DPI = 100
 
 
 class StudyError(ValueError):
@@ -363,7 +362,11 @@ def train_runs(
     done_cost, done_seconds = 0.0, 0.0
     for i, spec in enumerate(todo):
         remaining = sum(cost(s) for s in todo[i:])
-        eta = f', study ETA {_seconds(remaining * done_seconds / done_cost)}' if done_cost else ''
+        eta = (
+            f', study ETA {format_seconds(remaining * done_seconds / done_cost)}'
+            if done_cost
+            else ''
+        )
         logging.info(
             'study: run %d/%d %s (%s%s)', i + 1, len(todo), spec.name, run_state(spec), eta
         )
@@ -386,8 +389,8 @@ def train_runs(
         entry = status.setdefault(spec.name, {'seconds': 0.0})
         entry['seconds'] = round(entry['seconds'] + seconds, 1)
         entry['state'] = state
-        _write_json(os.path.join(workdir, 'status.json'), status)
-        logging.info('study: %s %s in %s', spec.name, state, _seconds(seconds))
+        plots.write_json(os.path.join(workdir, 'status.json'), status)
+        logging.info('study: %s %s in %s', spec.name, state, format_seconds(seconds))
         if state != 'finished' and state != 'diverged':
             logging.warning(
                 'study: %s stopped at %s (preempted); rerun to resume', spec.name, state
@@ -468,8 +471,8 @@ def run_inspection(
             logging.exception('study: inspection %s failed', figure)
             errors[figure] = f'{type(e).__name__}: {e}'.splitlines()[0]
             continue
-        _write_json(marker, inputs)
-        logging.info('study: %s done in %s', figure, _seconds(time.perf_counter() - start))
+        plots.write_json(marker, inputs)
+        logging.info('study: %s done in %s', figure, format_seconds(time.perf_counter() - start))
     return errors
 
 
@@ -560,13 +563,13 @@ def group_mean(runs: list[RunData], group: tuple, key: str) -> tuple[float | Non
 
 
 def _save(fig, fig_dir: str, name: str, numbers: dict) -> dict:
-    os.makedirs(fig_dir, exist_ok=True)
-    path = os.path.join(fig_dir, name + '.png')
-    width, height = (int(round(x * DPI)) for x in fig.get_size_inches())
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    _write_json(os.path.join(fig_dir, name + '.json'), numbers)
-    return {'path': path, 'width': width, 'height': height}
+    """Saves a report figure; returns its path and pixel size (the HTML report's <img>)."""
+    width, height = (int(round(x * plots.DPI)) for x in fig.get_size_inches())
+    return {
+        'path': plots.save_figure(fig, fig_dir, name, numbers),
+        'width': width,
+        'height': height,
+    }
 
 
 def _norm_title(norm: str) -> str:
@@ -1218,7 +1221,7 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
         'figures': {str(n): f for n, f in figures.items() if f},
         'missing': missing,
     }
-    _write_json(os.path.join(workdir, 'findings.json'), result)
+    plots.write_json(os.path.join(workdir, 'findings.json'), result)
     blocks = _report_blocks(config, runs, figures, findings, missing, workdir)
     with open(os.path.join(workdir, 'report.md'), 'w') as f:
         f.write(render_markdown(blocks, workdir))
@@ -1262,7 +1265,7 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
                 f'{last}/{r.spec.config.train.steps}',
                 _pct(n['final_train_error']) if n['final_train_error'] is not None else '-',
                 _pct(n['final_test_error']) if n['final_test_error'] is not None else '-',
-                _seconds(seconds) if seconds else '-',
+                format_seconds(seconds) if seconds else '-',
             ]
         )
     blocks.append(('table', header, table))
@@ -1368,21 +1371,6 @@ def render_html(blocks: list[tuple]) -> str:
 # Small helpers.
 
 
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=1, default=_jsonable)
-    os.replace(path + '.tmp', path)
-
-
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f'not JSON serialisable: {type(x)}')
-
-
 def _read_json(path: str, default: Any = None) -> Any:
     try:
         with open(path) as f:
@@ -1397,17 +1385,3 @@ def _read_text(path: str) -> str:
             return f.read().strip()
     except OSError:
         return ''
-
-
-def _seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-    return f'{seconds // 60}m{seconds % 60:02d}s'
-
-
-def quiet_orbax() -> None:
-    """Keeps orbax's per-save INFO lines out of the study's log (warnings and errors stay)."""
-    logging.get_absl_handler().addFilter(
-        lambda r: 'orbax' not in r.pathname or r.levelno >= std_logging.WARNING
-    )

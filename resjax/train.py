@@ -16,6 +16,7 @@ import optax.tree_utils as otu
 from absl import logging
 
 from resjax import checkpoint, data, models, optim, parallel, steps, xla
+from resjax.logs import format_seconds as _format_seconds
 from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
@@ -384,12 +385,3 @@ class _PreemptionFlag:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-        if seconds >= 3600
-        else (f'{seconds // 60}m{seconds % 60:02d}s')
-    )

@@ -15,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resjax import parallel, train
+from resjax import logs, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -37,11 +37,6 @@ flags.DEFINE_integer('process_id', None, "This process's index (auto on TPU VMs)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-    # orbax logs every save at INFO; keep its warnings and errors only.
-    return 'orbax' not in record.pathname or record.levelno >= 30
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag or unknown config key is one line and exit code 2."""
     try:
@@ -56,7 +51,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-    logging.get_absl_handler().addFilter(_quiet_orbax)
+    logs.quiet_orbax()  # orbax logs every save at INFO.
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     if FLAGS.compilation_cache:

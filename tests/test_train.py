@@ -190,3 +190,15 @@ def test_nonfinite_gradients_never_reach_the_parameters(digits_config, tmp_path,
         restored = manager.restore(step)
         for leaf in jax.tree.leaves(restored['params']):
             assert np.all(np.isfinite(leaf)), f'non-finite parameters saved at step {step}'
+
+
+def test_format_seconds():
+    from resjax.logs import format_seconds
+
+    assert [format_seconds(s) for s in (0, 65.9, 3599, 3600, 2 * 3600 + 7 * 60 + 59)] == [
+        '0m00s',
+        '1m05s',
+        '59m59s',
+        '1h00m',
+        '2h07m',
+    ]
