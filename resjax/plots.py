@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from resjax import models  # noqa: E402
 from resjax.metrics import read_metrics  # noqa: E402
 from resjax.probes import signals  # noqa: E402
 
@@ -45,12 +46,11 @@ def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
 
 
 def run_label(workdir: str) -> str:
-    """A short label from a workdir's config: 'ResNet-56', 'plain-56', '+ no BN'."""
+    """A short label from a workdir's config (its model family's, e.g. 'plain-56 (no BN)'),
+    or the workdir's name."""
     try:
         with open(os.path.join(workdir, 'config.json')) as f:
-            model = json.load(f)['model']
-        name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
-        return name + (' (no BN)' if model['norm'] == 'none' else '')
+            return models.run_label(json.load(f)['model'])
     except (OSError, KeyError, ValueError):
         return os.path.basename(os.path.normpath(workdir))
 

@@ -20,17 +20,11 @@ from resjax.logs import format_seconds as _format_seconds
 from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
-# Config keys whose change makes an existing workdir's checkpoints meaningless for this run
-# (model.dtype, model.weight_grad and model.scan_blocks change how it computes, not what it
-# is: not listed).
+# Config keys whose change makes an existing workdir's checkpoints meaningless for this run:
+# the model families' architecture keys (resjax.models; model.dtype, model.weight_grad and
+# model.scan_blocks change how a model computes, not what it is) and the dataset's.
 RESUME_CRITICAL = (
-    'model.family',
-    'model.depth',
-    'model.residual',
-    'model.shortcut',
-    'model.norm',
-    'model.width',
-    'model.preactivation',
+    *models.resume_critical_keys(),
     'dataset.name',
     'dataset.image_shape',
     'dataset.num_classes',
