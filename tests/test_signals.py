@@ -150,7 +150,7 @@ def _fake_run(workdir, residual, norm, scale):
     step s is scale * (i + 1) * (s + 1), so every plotted number is known."""
     os.makedirs(workdir)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump({'model': {'residual': residual, 'depth': 8, 'norm': norm}}, f)
+        json.dump({'model': {'family': 'cifar', 'residual': residual, 'depth': 8, 'norm': norm}}, f)
     layers = ['000_stem/conv', '001_stage1_block1/conv1', 'head/dense']
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
         f.write(json.dumps({'step': 5, 'train/loss': 1.0}) + '\n')  # Not a probe row.
