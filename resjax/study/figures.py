@@ -38,13 +38,25 @@ def _depth_colors(depths: Iterable[int]) -> dict[int, Any]:
 KIND_COLORS = {False: 'tab:red', True: 'tab:blue'}
 
 
+def _norms(runs: list[RunData]) -> list[str]:
+    """The runs' norms, BatchNorm (the paper's setting) first."""
+    return sorted({r.spec.norm for r in runs}, key=lambda n: n != 'batch')
+
+
+def _net_color(runs: list[RunData], run: RunData) -> Any:
+    """Plain red, residual blue, darker = deeper among `runs`."""
+    depths = sorted({r.spec.depth for r in runs})
+    shade = 0.45 + 0.55 * depths.index(run.spec.depth) / max(1, len(depths) - 1)
+    return (plt.cm.Blues if run.spec.residual else plt.cm.Reds)(shade)
+
+
 def figure_errors(runs: list[RunData], fig_dir: str) -> dict | None:
     """Fig. 1 (the paper's Fig. 6): training error (thin, dashed) and test error (bold) vs step,
     plain nets left, residual right, one row per norm, one colour per depth."""
     runs = [r for r in runs if r.rows]
     if not runs:
         return None
-    norms = sorted({r.spec.norm for r in runs}, key=lambda n: n != 'batch')
+    norms = _norms(runs)
     colors = _depth_colors(r.spec.depth for r in runs)
     fig, axes = plt.subplots(len(norms), 2, figsize=(11, 3.6 * len(norms)), squeeze=False)
     numbers, top = {}, 0.0
@@ -138,8 +150,7 @@ def figure_responses(runs: list[RunData], fig_dir: str) -> dict | None:
     runs = [r for r in runs if r.probe_rows() and r.spec.seed == min(x.spec.seed for x in runs)]
     if not runs:
         return None
-    norms = sorted({r.spec.norm for r in runs}, key=lambda n: n != 'batch')
-    depths = sorted({r.spec.depth for r in runs})
+    norms = _norms(runs)
     fig, axes = plt.subplots(2, len(norms), figsize=(6 * len(norms), 7), squeeze=False)
     numbers = {}
     for j, norm in enumerate(norms):
@@ -149,11 +160,10 @@ def figure_responses(runs: list[RunData], fig_dir: str) -> dict | None:
             layers, values = signals.profile(rows[step], 'act_std')
             layers_values = [(k, v) for k, v in zip(layers, values) if not k.startswith('head')]
             values = [v for _, v in layers_values]
-            shade = 0.45 + 0.55 * depths.index(r.spec.depth) / max(1, len(depths) - 1)
-            cmap = plt.cm.Blues if r.spec.residual else plt.cm.Reds
+            color = _net_color(runs, r)
             label = f'{r.spec.label.split(" (")[0]} (step {step})'
-            axes[0, j].plot(values, color=cmap(shade), marker='.', ms=3, label=label)
-            axes[1, j].plot(sorted(values, reverse=True), color=cmap(shade), label=label)
+            axes[0, j].plot(values, color=color, marker='.', ms=3, label=label)
+            axes[1, j].plot(sorted(values, reverse=True), color=color, label=label)
             numbers[r.spec.name] = {'step': step, 'act_std': dict(layers_values)}
         for i, xlabel in enumerate(
             ('layer index (original order)', 'layer index (sorted by magnitude)')
@@ -176,8 +186,7 @@ def figure_sharpness(runs: list[RunData], fig_dir: str) -> dict | None:
     runs = [r for r in runs if len(r.series('hessian/lambda_max')[0])]
     if not runs:
         return None
-    norms = sorted({r.spec.norm for r in runs}, key=lambda n: n != 'batch')
-    depths = sorted({r.spec.depth for r in runs})
+    norms = _norms(runs)
     fig, axes = plt.subplots(1, len(norms), figsize=(6 * len(norms), 4.2), squeeze=False)
     numbers = {}
     for j, norm in enumerate(norms):
@@ -185,8 +194,7 @@ def figure_sharpness(runs: list[RunData], fig_dir: str) -> dict | None:
         for r in (r for r in runs if r.spec.norm == norm):
             steps, lam = r.series('hessian/lambda_max')
             _, two = r.series('hessian/two_over_lr')
-            shade = 0.45 + 0.55 * depths.index(r.spec.depth) / max(1, len(depths) - 1)
-            color = (plt.cm.Blues if r.spec.residual else plt.cm.Reds)(shade)
+            color = _net_color(runs, r)
             label = r.spec.label.split(' (')[0] + (f' s{r.spec.seed}' if r.spec.seed else '')
             ax.semilogy(steps, np.maximum(lam, 1e-6), '-', marker='.', color=color, label=label)
             ax.semilogy(steps, two, ':', color=color, lw=1)

@@ -356,12 +356,18 @@ def _per_net(
     return nums, parts
 
 
-def _consistent(ev: Evidence, nums: dict[str, dict], key: str) -> str:
-    """'consistent' iff the residual net's `key` is below the plain net's."""
+def _li_et_al(
+    ev: Evidence, what: str, parts: list[str], nums: dict, key: str, measure: str
+) -> Claim:
+    """Li et al. 2018's comparison: consistent iff the residual net's `key` (`measure`) is
+    below the plain net's."""
     plain, residual = ev.plain_and_residual(nums, key)
-    if plain is None or residual is None:
-        return 'one net only'
-    return 'consistent' if residual < plain else 'not consistent'
+    verdict = 'one net only'
+    if plain is not None and residual is not None:
+        verdict = 'consistent' if residual < plain else 'not consistent'
+    text = f'{what}: ' + '; '.join(parts) + f'. {cap(verdict)} with Li et al.'
+    rule = f"consistent iff the residual net's {measure} is below the plain net's"
+    return Claim(text, rule, verdict, nums)
 
 
 @finding('spectrum', 5, 'Hessian spectrum', LI_SPECTRUM)
@@ -379,18 +385,14 @@ def spectrum(ev: Evidence) -> Claim | str:
         )
 
     nums, parts = _per_net(ev.inspection['spectrum'], describe)
-    verdict = _consistent(ev, nums, 'neg_ratio')
     plain, residual = ev.plain_and_residual(nums, 'ritz_max')
     if plain is not None and residual is not None:
         nums['plain_over_resnet_lambda_max'] = plain / residual
         parts.append(f"the plain net's lambda_max is {times(plain / residual)} the ResNet's")
     i = ev.study.inspect
-    text = (
-        f'Hessian spectrum at the end of training (SLQ Ritz values, BN {i.bn_mode} mode, '
-        f'{i.examples} examples): ' + '; '.join(parts) + f'. {cap(verdict)} with Li et al.'
-    )
-    rule = "consistent iff the residual net's |lambda_min / lambda_max| is below the plain net's"
-    return Claim(text, rule, verdict, nums)
+    setting = f'SLQ Ritz values, BN {i.bn_mode} mode, {i.examples} examples'
+    return _li_et_al(ev, f'Hessian spectrum at the end of training ({setting})', parts, nums,
+                     'neg_ratio', '|lambda_min / lambda_max|')  # fmt: skip
 
 
 @finding('landscape', 6, '2-D loss landscape', LI_LANDSCAPE)
@@ -410,16 +412,11 @@ def landscape(ev: Evidence) -> Claim | str:
         )
 
     nums, parts = _per_net(ev.inspection['landscape2d']['runs'], describe)
-    verdict = _consistent(ev, nums, 'nonconvex_fraction')
     i = ev.study.inspect
-    text = (
-        f'2-D loss landscape ({i.grid}x{i.grid} grid over [-{i.range:g}, {i.range:g}]^2, '
-        'filter-normalised random directions): '
-        + '; '.join(parts)
-        + f'. {cap(verdict)} with Li et al.'
-    )
-    rule = "consistent iff the residual net's non-convex fraction is below the plain net's"
-    return Claim(text, rule, verdict, nums)
+    setting = f'{i.grid}x{i.grid} grid over [-{i.range:g}, {i.range:g}]^2, filter-normalised '
+    setting += 'random directions'
+    return _li_et_al(ev, f'2-D loss landscape ({setting})', parts, nums, 'nonconvex_fraction',
+                     'non-convex fraction')  # fmt: skip
 
 
 @finding('lesion', 7, 'Lesions', VEIT)
