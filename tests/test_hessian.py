@@ -128,7 +128,5 @@ def test_sharpness_probe_trace_is_hutchinson_on_the_dense_hessian():
         # And an unbiased estimate of tr(H): Var(z^T H z) = 2 sum_{i != j} H_ij^2.
         sd = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / n)
         assert abs(out['hessian/trace'] - np.trace(h)) < 4 * sd
-        # Its HVPs count in the cost: n more than the same probe without the trace.
-        plain = hessian.make_sharpness_probe(model, num_iters=3)
-        without, _ = plain(params, bs, batch, unravel(jnp.ones_like(flat)), key=key)
-        assert out['hessian/num_hvps'] == without['hessian/num_hvps'] + n
+        # Its n HVPs count in the cost, besides power iteration's (1 to 2 x 3) and g^T H g's.
+        assert n + 2 <= out['hessian/num_hvps'] <= n + 1 + 2 * 3
