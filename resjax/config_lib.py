@@ -42,9 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
     # GPU/TPU | 'xla' | 'stored'. See resjax/models/conv.py.
     c.model.weight_grad = 'auto'
     # Run each stage's identical blocks (all but the first; stages of >= 3 blocks) as one
-    # lax.scan: same numbers and parameter tree, one block compiled per stage (ResNet-110 step
-    # compile 18 s vs 32 s on a 2-core CPU; no gain at depth 20). Steps with per-layer probes,
-    # and HVPs on CPU, run the blocks unrolled.
+    # lax.scan: same numbers and parameter tree, one block compiled per stage, so compile time
+    # stops growing with depth (pays for deep nets only: docs/benchmarks.md). Steps with
+    # per-layer probes, and HVPs on CPU, run the blocks unrolled.
     c.model.scan_blocks = False
 
     c.train = ml_collections.ConfigDict()

@@ -317,30 +317,6 @@ def point(state: steps.TrainState) -> dict:
 # Output helpers.
 
 
-def _save_json(out_dir: str, name: str, numbers: Any) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, name + '.json')
-    with open(path, 'w') as f:
-        json.dump(numbers, f, indent=1, default=_jsonable)
-    return path
-
-
-def _jsonable(x):
-    if isinstance(x, np.ndarray | jax.Array):
-        return np.asarray(x).tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f'not JSON serialisable: {type(x)}')
-
-
-def _save_png(fig, out_dir: str, name: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, name + '.png')
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_' else '_' for c in label).strip('_')
 
@@ -402,7 +378,7 @@ def probe_summary(runs: list[Run], out_dir: str, opts: Options) -> dict:
             'num_params': total,
             'layers': table,
         }
-    _save_json(out_dir, 'summary', result)
+    plots.write_json(os.path.join(out_dir, 'summary.json'), result)
     return result
 
 
@@ -459,7 +435,7 @@ def probe_eval(runs: list[Run], out_dir: str, opts: Options) -> dict:
             f'{run.label} step {run.step}: train loss {train["loss"]:.4f} acc '
             f'{train["accuracy"]:.4f} | test loss {test["loss"]:.4f} acc {test["accuracy"]:.4f}'
         )
-    _save_json(out_dir, 'eval', result)
+    plots.write_json(os.path.join(out_dir, 'eval.json'), result)
     return result
 
 
@@ -548,7 +524,7 @@ def probe_hessian(runs: list[Run], out_dir: str, opts: Options) -> dict:
             f'top {np.round(numbers["top_eigenvalues"], 4).tolist()} trace '
             f'{numbers["trace"]:.4g} +- {numbers["trace_stderr"] or float("nan"):.2g}'
         )
-    _save_json(out_dir, 'hessian', result)
+    plots.write_json(os.path.join(out_dir, 'hessian.json'), result)
     return result
 
 
@@ -597,9 +573,8 @@ def probe_spectrum(runs: list[Run], out_dir: str, opts: Options) -> dict:
     ax.set_title(f'Hessian eigenvalue density (SLQ), BN {opts.bn_mode} mode')
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, out_dir, 'spectrum')
     np.savez(os.path.join(out_dir, 'spectrum.npz'), **arrays)
-    _save_json(out_dir, 'spectrum', result)
+    plots.save_figure(fig, out_dir, 'spectrum', result)
     return result
 
 
@@ -729,9 +704,8 @@ def probe_landscape1d(runs: list[Run], out_dir: str, opts: Options) -> dict:
         a.legend(fontsize=8)
     ax.set_yscale('log')
     fig.suptitle(f'1-D loss landscape, {_settings(opts)}', fontsize=9)
-    _save_png(fig, out_dir, 'landscape1d')
     np.savez(os.path.join(out_dir, 'landscape1d.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    _save_json(out_dir, 'landscape1d', {'settings': _opts(opts), 'runs': result})
+    plots.save_figure(fig, out_dir, 'landscape1d', {'settings': _opts(opts), 'runs': result})
     return result
 
 
@@ -805,9 +779,8 @@ def probe_landscape2d(runs: list[Run], out_dir: str, opts: Options) -> dict:
         }
     fig.suptitle(f'2-D loss landscape (mean cross-entropy)\n{_settings(opts)}', fontsize=8)
     fig.tight_layout()
-    _save_png(fig, out_dir, 'landscape2d')
     np.savez(os.path.join(out_dir, 'landscape2d.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    _save_json(out_dir, 'landscape2d', {'settings': _opts(opts), 'runs': result})
+    plots.save_figure(fig, out_dir, 'landscape2d', {'settings': _opts(opts), 'runs': result})
     return result
 
 
@@ -899,9 +872,8 @@ def probe_interpolate(runs: list[Run], out_dir: str, opts: Options) -> dict:
     ax.set_yscale('log')
     start = opts.to or 'initialisation'
     fig.suptitle(f'Linear interpolation from {start}, BN {opts.bn_mode} mode', fontsize=9)
-    _save_png(fig, out_dir, 'interpolate')
     np.savez(os.path.join(out_dir, 'interpolate.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    _save_json(out_dir, 'interpolate', {'settings': _opts(opts), 'runs': result})
+    plots.save_figure(fig, out_dir, 'interpolate', {'settings': _opts(opts), 'runs': result})
     return result
 
 
@@ -1000,8 +972,7 @@ def probe_lesion(runs: list[Run], out_dir: str, opts: Options) -> dict:
     ax.set_title('Lesion: one residual branch removed at a time (BN eval mode)')
     ax.grid(True, axis='y', alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, out_dir, 'lesion')
-    _save_json(out_dir, 'lesion', result)
+    plots.save_figure(fig, out_dir, 'lesion', result)
     return result
 
 
@@ -1084,9 +1055,8 @@ def probe_shattering(runs: list[Run], out_dir: str, opts: Options) -> dict:
     ax.set_title('Gradient correlation along input lines (Balduzzi et al. 2017), BN eval mode')
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, out_dir, 'shattering')
     np.savez(os.path.join(out_dir, 'shattering.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    _save_json(out_dir, 'shattering', {'settings': _opts(opts), 'runs': result})
+    plots.save_figure(fig, out_dir, 'shattering', {'settings': _opts(opts), 'runs': result})
     return result
 
 
@@ -1142,7 +1112,7 @@ def probe_signals(runs: list[Run], out_dir: str, opts: Options) -> dict:
     rows = {label: {runs[i].step: m} for i, (label, m) in enumerate(result.items())}
     for s in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc'):
         plots.plot_profiles(rows, s, None, sig_dir)
-    _save_json(out_dir, 'signals', result)
+    plots.write_json(os.path.join(out_dir, 'signals.json'), result)
     return result
 
 
@@ -1203,5 +1173,5 @@ def inspect(
         timings[name] = t()
         logging.info('probe %s done in %.1f s', name, timings[name])
     results['timings'] = timings
-    _save_json(out_dir, 'timings', timings)
+    plots.write_json(os.path.join(out_dir, 'timings.json'), timings)
     return results

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+import jax
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
+from resjax import models  # noqa: E402
 from resjax.metrics import read_metrics  # noqa: E402
 from resjax.probes import signals  # noqa: E402
+
+DPI = 100  # Pixels per inch of every PNG (the study's HTML report sizes images from it).
 
 # What each per-layer signal is, for axis labels.
 SIGNALS = {
@@ -40,23 +46,41 @@ def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
 
 
 def run_label(workdir: str) -> str:
-    """A short label from a workdir's config: 'ResNet-56', 'plain-56', '+ no BN'."""
+    """A short label from a workdir's config (its model family's, e.g. 'plain-56 (no BN)'),
+    or the workdir's name."""
     try:
         with open(os.path.join(workdir, 'config.json')) as f:
-            model = json.load(f)['model']
-        name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
-        return name + (' (no BN)' if model['norm'] == 'none' else '')
+            return models.run_label(json.load(f)['model'])
     except (OSError, KeyError, ValueError):
         return os.path.basename(os.path.normpath(workdir))
 
 
-def _save(fig, out_dir: str, name: str, numbers: dict) -> str:
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray | jax.Array):
+        return np.asarray(x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f'not JSON serialisable: {type(x)}')
+
+
+def write_json(path: str, obj: Any) -> str:
+    """Writes `obj` to `path` as JSON, atomically (arrays as lists); returns `path`."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1, default=_jsonable)
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def save_figure(fig: Figure, out_dir: str, name: str, numbers: Any = None) -> str:
+    """Writes `<out_dir>/<name>.png` at `DPI` (and `<name>.json` of `numbers`, unless None),
+    closes `fig` and returns the PNG's path: the one writer of every resjax figure."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name + '.png')
-    fig.savefig(path, dpi=120, bbox_inches='tight')
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
-    with open(os.path.join(out_dir, name + '.json'), 'w') as f:
-        json.dump(numbers, f, indent=1)
+    if numbers is not None:
+        write_json(os.path.join(out_dir, name + '.json'), numbers)
     return path
 
 
@@ -68,7 +92,7 @@ def plot_profiles(
 ) -> str:
     """Per-layer profile of `signal` (log y, layer index in forward order on x): one colour
     per run, one line style per step. Writes `<signal>_profile.png` and `.json`."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout='constrained')
     styles = ['-', '--', ':', '-.']
     numbers = {}
     for color, (label, rows) in zip(plt.cm.tab10.colors, runs.items()):
@@ -90,7 +114,7 @@ def plot_profiles(
     ax.set_title(f'{signal} per layer')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out_dir, f'{signal}_profile', numbers)
+    return save_figure(fig, out_dir, f'{signal}_profile', numbers)
 
 
 def plot_heatmap(label: str, rows: dict[int, dict[str, float]], signal: str, out_dir: str) -> str:
@@ -98,7 +122,7 @@ def plot_heatmap(label: str, rows: dict[int, dict[str, float]], signal: str, out
     steps = sorted(rows)
     layers, _ = signals.profile(rows[steps[0]], signal)
     grid = np.array([[rows[s].get(f'{signal}/{layer}', np.nan) for s in steps] for layer in layers])
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 5), layout='constrained')
     im = ax.imshow(
         np.log10(grid),
         aspect='auto',
@@ -111,7 +135,7 @@ def plot_heatmap(label: str, rows: dict[int, dict[str, float]], signal: str, out
     ax.set_ylabel('layer index (input at the bottom)')
     ax.set_title(f'{label}: {signal}')
     safe = label.replace(' ', '_').replace('(', '').replace(')', '')
-    return _save(
+    return save_figure(
         fig,
         out_dir,
         f'{signal}_heatmap_{safe}',

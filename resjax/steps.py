@@ -151,7 +151,7 @@ def make_train_step(
             return (*old, jax.tree.map(jnp.zeros_like, state.params)) if probes else old
 
         # A conditional, not a jnp.where over every leaf of the state: the select, predicated on
-        # a reduction over all gradients, made the step compile 2-3x slower (docs/notes.md).
+        # a reduction over all gradients, made the step compile much slower (docs/notes.md).
         # The probes' `updates` are only returned when asked for: zeros for every leaf in the
         # skip branch are one more kernel per leaf to compile.
         params, batch_stats, opt_state, *updates = jax.lax.cond(finite, apply, skip, None)

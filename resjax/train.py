@@ -16,20 +16,15 @@ from absl import logging
 
 from resjax import checkpoint, data, models, optim, parallel, steps, xla
 from resjax import workdir as workdir_lib
+from resjax.logs import format_seconds
 from resjax.metrics import MetricWriter, mean_metrics
 from resjax.probes import hessian, signals
 
-# Config keys whose change makes an existing workdir's checkpoints meaningless for this run
-# (model.dtype, model.weight_grad and model.scan_blocks change how it computes, not what it
-# is: not listed).
+# Config keys whose change makes an existing workdir's checkpoints meaningless for this run:
+# the model families' architecture keys (resjax.models; model.dtype, model.weight_grad and
+# model.scan_blocks change how a model computes, not what it is) and the dataset's.
 RESUME_CRITICAL = (
-    'model.family',
-    'model.depth',
-    'model.residual',
-    'model.shortcut',
-    'model.norm',
-    'model.width',
-    'model.preactivation',
+    *models.resume_critical_keys(),
     'dataset.name',
     'dataset.image_shape',
     'dataset.num_classes',
@@ -433,13 +428,4 @@ class _Throughput:
         """Time left at this run's timed rate ('?' before any step was timed)."""
         if not self._all_steps:
             return '?'
-        return _format_seconds(remaining_steps * self._all_seconds / self._all_steps)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-        if seconds >= 3600
-        else (f'{seconds // 60}m{seconds % 60:02d}s')
-    )
+        return format_seconds(remaining_steps * self._all_seconds / self._all_steps)

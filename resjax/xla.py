@@ -1,4 +1,4 @@
-"""XLA-specific knobs, each with the measurement that justifies it (see docs/notes.md)."""
+"""XLA-specific knobs; the measurements that justify each are in docs/notes.md."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ from typing import Any
 
 import jax
 
-# For functions that run once (initialisation), where compile time dominates run time: the
-# threefry-heavy init graph of a ResNet-20 compiles in ~20 s on 2 CPU cores with XLA's default
-# passes and ~2.5 s with these. The random numbers are the same (integer ops, exact).
+# For functions that run once (initialisation), where compile time dominates run time: XLA's
+# LLVM passes dominate the compile of the threefry-heavy init graph and buy nothing for one
+# call. The random numbers are the same (integer ops, exact). Timings: docs/notes.md.
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
-# For train steps, gradients and HVPs on the CPU backend (docs/notes.md, sessions 3-4): by
-# default jaxlib 0.10 hands convolutions and matmuls to YNNPACK fusions; XLA's Eigen kernels
-# are faster for these shapes on an AVX2 CPU (ResNet-20 gradient 1080-1207 -> 703-966 ms; the
-# weight-gradient convolution of a 16->16 3x3 conv at 128x32x32 ~250 -> ~17 ms). YNNPACK
-# stays on for reductions. (Session 3 also set the memory-optimised scheduler, for the tap
-# matmuls that the 'stored' weight gradient replaced; without them it made no difference.)
+# For train steps, gradients and HVPs on the CPU backend: by default jaxlib 0.10 hands
+# convolutions and matmuls to YNNPACK fusions, and XLA's Eigen kernels are faster for a
+# ResNet's conv shapes, the weight-gradient convolutions above all (docs/notes.md, session 3).
+# YNNPACK stays on for reductions.
 CPU_STEP_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
 

@@ -151,7 +151,7 @@ def time_curvature(
     # its running statistics not updated.
     loss_at = lambda batch_stats, batch: hessian.mean_loss_fn(model, batch_stats, batch, 'train')
     key_v, key_power = jax.random.split(jax.random.PRNGKey(1))
-    # One compile for all leaves (eagerly, each leaf shape compiles: ~3 s for a ResNet-8).
+    # One compile for all leaves (eagerly, each leaf shape compiles separately).
     v = xla.run_once(functools.partial(otu.tree_random_like, key_v), state.params)
     args = (state.params, state.batch_stats, batch)
 

@@ -13,7 +13,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from resjax import inspection
+from resjax import inspection, logs
 
 D = inspection.Options()
 flags.DEFINE_multi_string('workdir', None, 'Run directories (repeat to compare on one figure).')
@@ -56,8 +56,7 @@ def main(argv):
     if len(argv) > 1:
         print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
         sys.exit(2)
-    # orbax warns about the read-only manager on every load; keep its errors only.
-    logging.get_absl_handler().addFilter(lambda r: 'orbax' not in r.pathname or r.levelno >= 40)
+    logs.quiet_logs(logging.ERROR)  # orbax warns about the read-only manager on every load.
     # JAX logs its platform search at INFO when the backend starts: keep bad-input errors to
     # one line by starting it quietly.
     verbosity = logging.get_verbosity()

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resjax import study_config  # noqa: F401  (light; `resjax.study` is imported in main)
+from resjax import logs, study_config  # noqa: F401  (light; `resjax.study` is imported in main)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Study config file.', lock_config=True)
@@ -40,7 +40,7 @@ def main(argv):
         sys.exit(2)
     from resjax import study  # JAX and matplotlib: after the flags (a bad flag fails fast).
 
-    study.quiet_orbax()
+    logs.quiet_logs()
     try:
         config = FLAGS.config
         config.seed  # noqa: B018  (config_flags loads lazily: a missing file fails here)

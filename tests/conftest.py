@@ -1,5 +1,7 @@
 """Shared test set-up: small compile times (tests run real code paths on tiny shapes)."""
 
+import gc
+
 import jax
 import pytest
 
@@ -8,6 +10,21 @@ from resjax import config_lib
 # As flax's examples do in their train tests: XLA's optimisations cost far more compile time
 # than they save on the tiny shapes used here.
 jax.config.update('jax_disable_most_optimizations', True)
+
+
+def pytest_sessionfinish(session):
+    """The session's last full garbage collection, then the heap frozen (docs/notes.md).
+
+    After the session pytest collects garbage twice more, to report exceptions raised in
+    finalizers. With a test worker's heap (millions of objects: XLA executables, TensorFlow)
+    each pass took ~3 s on 2 cores; xdist asks the workers to exit once the last reports the
+    session finished, which is after this hook, and execnet sends a worker still busy after 5 s
+    a SIGINT, which surfaced as a KeyboardInterrupt in JAX's gc callback. Collecting here, before
+    that report, still runs every finalizer while pytest listens; frozen objects are never
+    traversed again, so the later passes take milliseconds.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture

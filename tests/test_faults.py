@@ -24,6 +24,14 @@ import pytest
 from resjax import checkpoint, data, inspection, metrics, train, workdir
 from resjax.metrics import read_metrics
 
+# orbax 0.12.8 closes the event loop of a failed restore while TensorStore reads it started
+# are still pending; each read that completes later calls the closed loop from TensorStore's
+# thread (docs/notes.md, orbax). Only the damaged-checkpoint test makes a restore fail; the
+# message can surface in the test that follows it.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore:(?s)Exception ignored in. None.*call_soon_threadsafe.*Event loop is closed'
+    ':pytest.PytestUnraisableExceptionWarning'
+)
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 LOG = 5  # train.log_every_steps
 SMALL = [

@@ -3,6 +3,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -104,3 +105,28 @@ def test_sharpness_probe_rows_in_training(digits_config, tmp_path):
         assert np.isclose(r['hessian/two_over_lr'], 2 / digits_config.train.lr)
     # Curvature along the last update: the update into steps 2 and 4 was kept, none before 0.
     assert [r['step'] for r in rows if 'hessian/update_curvature' in r] == [2, 4]
+
+
+def test_sharpness_probe_trace_is_hutchinson_on_the_dense_hessian():
+    with jax.enable_x64(True):
+        model, variables, batch = _tiny()
+        params, bs = variables['params'], variables['batch_stats']
+        h, flat, unravel = _dense_hessian(hessian.mean_loss_fn(model, bs, batch), params)
+        h = np.asarray(h)
+        n, key = 64, jax.random.PRNGKey(7)
+        probe = hessian.make_sharpness_probe(model, num_iters=3, trace_samples=n)
+        out, _ = probe(params, bs, batch, unravel(jnp.ones_like(flat)), key=key)
+        # Reference: z^T H z on the dense Hessian for the probe's n Rademacher vectors.
+        rademacher = lambda k: otu.tree_random_like(k, params, sampler=jax.random.rademacher)
+        zs = np.stack([ravel_pytree(rademacher(k))[0] for k in jax.random.split(key, n)])
+        assert set(np.unique(zs)) == {-1.0, 1.0}
+        values = np.einsum('si,ij,sj->s', zs, h, zs)
+        np.testing.assert_allclose(out['hessian/trace'], values.mean(), rtol=1e-8)
+        np.testing.assert_allclose(
+            out['hessian/trace_stderr'], values.std(ddof=1) / np.sqrt(n), rtol=1e-8
+        )
+        # And an unbiased estimate of tr(H): Var(z^T H z) = 2 sum_{i != j} H_ij^2.
+        sd = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / n)
+        assert abs(out['hessian/trace'] - np.trace(h)) < 4 * sd
+        # Its n HVPs count in the cost, besides power iteration's (1 to 2 x 3) and g^T H g's.
+        assert n + 2 <= out['hessian/num_hvps'] <= n + 1 + 2 * 3

@@ -1,6 +1,7 @@
 import functools
 
 import flax
+import flax.linen as nn
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -197,3 +198,50 @@ def test_probes_and_hvps_run_scanned_blocks_unrolled():
     hvp_loss = hessian.mean_loss_fn(model, variables['batch_stats'], batch)
     hvp_jaxpr = jax.make_jaxpr(hvp_loss)(variables['params']).jaxpr
     assert ('scan' in _primitives(hvp_jaxpr)) == (jax.default_backend() != 'cpu')
+
+
+class _MLP(nn.Module):
+    """A toy model family for the registry test: flatten, one hidden layer."""
+
+    num_classes: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = nn.relu(nn.Dense(self.hidden, name='000_hidden')(x.reshape(len(x), -1)))
+        return nn.Dense(self.num_classes, name='head')(x)
+
+
+def _validate_mlp(model):
+    if model.depth != 2:
+        raise ValueError(f'model.depth={model.depth}: the MLP family has depth 2')
+
+
+def test_a_registered_family_trains_with_no_other_change(monkeypatch, digits_config, tmp_path):
+    from resjax import plots, train
+    from resjax.metrics import read_metrics
+
+    family = models.ModelFamily(
+        name='mlp',
+        validate=_validate_mlp,
+        build=lambda m, n, axis_name, **kw: _MLP(n, round(32 * m.width), **kw),
+        architecture_keys=('depth', 'width'),
+        label=lambda m: f'MLP-{m["width"]}',
+    )
+    monkeypatch.setitem(models.FAMILIES, 'mlp', family)
+    c = digits_config
+    c.model.family, c.model.depth = 'mlp', 3
+    with pytest.raises(ValueError, match='the MLP family has depth 2'):
+        train.train_and_evaluate(c, str(tmp_path))
+    c.model.depth = 2
+    state = train.train_and_evaluate(c, str(tmp_path))
+    assert jax.tree.map(jnp.shape, state.params) == {
+        '000_hidden': {'kernel': (64, 16), 'bias': (16,)},
+        'head': {'kernel': (16, 10), 'bias': (10,)},
+    }
+    assert [r['step'] for r in read_metrics(str(tmp_path)) if 'eval/accuracy' in r] == [3, 6]
+    assert plots.run_label(str(tmp_path)) == 'MLP-0.5'
+    # Built-in families stay as they were.
+    assert models.run_label(
+        {'family': 'cifar', 'residual': False, 'depth': 56, 'norm': 'none'}
+    ) == ('plain-56 (no BN)')

@@ -1,4 +1,6 @@
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from resjax import config_lib, data, models, steps, train, xla
+from resjax import config_lib, data, models, plots, steps, train, xla
 from resjax.probes import signals
 
 
@@ -46,7 +48,12 @@ def test_per_layer_squared_gradient_norms_sum_to_the_global_one():
     model, variables, batch = _setup()
     _, grads, *_ = _signals(model, variables, batch)
     norms = signals.layer_norms(grads)
-    assert any('norm' in k for k in norms)
+    # One BN layer after each of ResNet-8's 7 convs, named in forward order, each with a
+    # gradient.
+    bn = [k for k in norms if k.endswith('/bn')]
+    blocks = [f'00{i}_stage{i}_block1/norm{j}/bn' for i in (1, 2, 3) for j in (1, 2)]
+    assert bn == ['000_stem/norm/bn', *blocks]
+    assert all(float(norms[k]) > 0 for k in bn)
     np.testing.assert_allclose(
         sum(float(v) ** 2 for v in norms.values()), float(optax.tree.norm(grads)) ** 2, rtol=1e-5
     )
@@ -136,3 +143,54 @@ def test_probes_do_not_change_training(digits_config, tmp_path):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(off.batch_stats), jax.tree.leaves(on.batch_stats), strict=True):
         np.testing.assert_array_equal(a, b)  # BN statistics updated once per step, as without
+
+
+def _fake_run(workdir, residual, norm, scale):
+    """A workdir with a config and probe rows at steps 0, 10, 20, 30: grad_norm of layer i at
+    step s is scale * (i + 1) * (s + 1), so every plotted number is known."""
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump({'model': {'family': 'cifar', 'residual': residual, 'depth': 8, 'norm': norm}}, f)
+    layers = ['000_stem/conv', '001_stage1_block1/conv1', 'head/dense']
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+        f.write(json.dumps({'step': 5, 'train/loss': 1.0}) + '\n')  # Not a probe row.
+        for s in (0, 10, 20, 30):
+            row = {'step': s, 'grad_norm/global': 1.0}
+            for name in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc'):
+                row.update({f'{name}/{k}': scale * (i + 1) * (s + 1) for i, k in enumerate(layers)})
+            f.write(json.dumps(row) + '\n')
+    return layers
+
+
+def test_plot_signals_draws_each_run_and_writes_its_numbers(tmp_path):
+    layers = _fake_run(tmp_path / 'a', True, 'batch', 1.0)
+    _fake_run(tmp_path / 'b', False, 'none', 2.0)
+    out = tmp_path / 'figs'
+    paths = plots.plot_signals([str(tmp_path / 'a'), str(tmp_path / 'b')], str(out))
+    names = ['grad_norm', 'act_grad_norm', 'act_std', 'gsc']
+    heatmaps = ['grad_norm_heatmap_ResNet-8', 'grad_norm_heatmap_plain-8_no_BN']
+    assert [os.path.basename(p) for p in paths] == [
+        *(n + '_profile.png' for n in names),
+        *(h + '.png' for h in heatmaps),
+    ]
+    for p in paths:
+        assert os.path.getsize(p) > 1000 and os.path.exists(p[: -len('.png')] + '.json')
+    with open(out / 'act_std_profile.json') as f:
+        profile = json.load(f)
+    # Default steps: first, middle and last probe rows; labels from each run's config.
+    assert sorted(profile) == [
+        f'{r}@{s}' for r in ('ResNet-8', 'plain-8 (no BN)') for s in (0, 20, 30)
+    ]
+    assert profile['plain-8 (no BN)@20'] == {k: 2.0 * (i + 1) * 21 for i, k in enumerate(layers)}
+    with open(out / 'grad_norm_heatmap_ResNet-8.json') as f:
+        heat = json.load(f)
+    assert heat['steps'] == [0, 10, 20, 30] and heat['layers'] == layers
+    np.testing.assert_allclose(heat['values'], np.outer([1, 2, 3], [1, 11, 21, 31]))
+    # Chosen steps, -1 = the last.
+    plots.plot_signals([str(tmp_path / 'a')], str(out), steps=[10, -1])
+    with open(out / 'gsc_profile.json') as f:
+        assert sorted(json.load(f)) == ['ResNet-8@10', 'ResNet-8@30']
+    (tmp_path / 'c').mkdir()
+    (tmp_path / 'c' / 'metrics.jsonl').write_text('{"step": 1, "train/loss": 2.0}\n')
+    with pytest.raises(ValueError, match='no probe rows'):
+        plots.plot_signals([str(tmp_path / 'c')], str(out))

@@ -107,6 +107,9 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
         (lambda s: setattr(s, 'overrides', ('* -> train.lr=fast',)), 'not a float'),
         (lambda s: setattr(s.inspect, 'figures', ('contours',)), 'study.inspect.figures'),
         (lambda s: setattr(s, 'exclude', ('depth=8 kind=plain',)), 'study.exclude'),
+        # An empty grid is refused like empty seeds (issue 19, case 8), not an empty report.
+        (lambda s: setattr(s, 'exclude', ('*',)), r"study.exclude=\('\*',\) leaves no run"),
+        (lambda s: setattr(s, 'seeds', ()), r'study.seeds=\(\) must be a non-empty'),
     ],
 )
 def test_bad_study_config_is_one_line_error(tmp_path, edit, message):

@@ -1,3 +1,4 @@
+import collections
 import json
 import os
 
@@ -74,9 +75,13 @@ def test_train_batches_depend_only_on_seed_and_step(digits_config):
     again = ds.train_batches(47)
     for s in (47, 48, 49):
         np.testing.assert_array_equal(next(again)['label'], first[s]['label'])
-    # 50 steps of 32 cover an epoch of 1,438 once: each example seen once in the first 44.
-    labels = np.concatenate([b['image'].reshape(32, -1)[:, 20] for b in first[:44]])
-    assert len(labels) == 1408
+    # An epoch of 1,438 is the first 1,438 examples of the stream (44 batches and 30 of the
+    # 45th): each training example exactly once.
+    train_x, train_y, _, _ = data.load_digits()
+    key = lambda x, y: [im.tobytes() + bytes([int(c)]) for im, c in zip(x, y)]
+    seen = [k for b in first[:45] for k in key(b['image'], b['label'])]
+    assert len(train_x) == 1438
+    assert collections.Counter(seen[:1438]) == collections.Counter(key(train_x, train_y))
 
 
 def test_each_process_gets_its_slice_of_the_global_batch(digits_config):
@@ -185,3 +190,15 @@ def test_nonfinite_gradients_never_reach_the_parameters(digits_config, tmp_path,
         restored = manager.restore(step)
         for leaf in jax.tree.leaves(restored['params']):
             assert np.all(np.isfinite(leaf)), f'non-finite parameters saved at step {step}'
+
+
+def test_format_seconds():
+    from resjax.logs import format_seconds
+
+    assert [format_seconds(s) for s in (0, 65.9, 3599, 3600, 2 * 3600 + 7 * 60 + 59)] == [
+        '0m00s',
+        '1m05s',
+        '59m59s',
+        '1h00m',
+        '2h07m',
+    ]

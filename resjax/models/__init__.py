@@ -1,7 +1,18 @@
-"""Model construction from the `config.model` block."""
+"""Model construction from the `config.model` block, through a registry of model families.
+
+A family is registered by name (`model.family`), as big_vision and init2winit plug models in:
+it validates its keys, builds the Flax module, names the keys that define its parameters (a
+workdir's checkpoints are refused by a run that changes one) and labels runs for figures.
+Adding a family is one `register(ModelFamily(...))` call; nothing else names the families.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,9 +20,18 @@ import ml_collections
 from resjax.models.conv import WEIGHT_GRADS
 from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 
-__all__ = ['WEIGHT_GRADS', 'ResNet', 'create_model', 'validate_model_config']
+__all__ = [
+    'FAMILIES',
+    'WEIGHT_GRADS',
+    'ModelFamily',
+    'ResNet',
+    'create_model',
+    'register',
+    'resume_critical_keys',
+    'run_label',
+    'validate_model_config',
+]
 
-FAMILIES = ('cifar', 'imagenet')
 DTYPES = {
     'float32': jnp.float32,
     'bfloat16': jnp.bfloat16,
@@ -20,10 +40,68 @@ DTYPES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What resjax needs to know about a family of models.
+
+    validate: `config.model -> None`, raising ValueError (one line naming the key and the fix).
+    build: `(config.model, num_classes, axis_name, **kwargs) -> nn.Module` (already validated);
+      `axis_name` makes BatchNorm average its statistics over that pmap axis.
+    architecture_keys: the `model.*` keys that decide the parameters (not how they compute).
+    label: `model dict (config.json's 'model') -> short run label`, e.g. 'ResNet-56'.
+    """
+
+    name: str
+    validate: Callable[[ml_collections.ConfigDict], None]
+    build: Callable[..., nn.Module]
+    architecture_keys: tuple[str, ...]
+    label: Callable[[dict[str, Any]], str]
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register(family: ModelFamily) -> ModelFamily:
+    """Adds `family` under `family.name` (`model.family`); returns it."""
+    FAMILIES[family.name] = family
+    return family
+
+
 def validate_model_config(model: ml_collections.ConfigDict) -> None:
     """Raises ValueError (one line, naming the key and the fix) for an impossible model."""
     if model.family not in FAMILIES:
-        raise ValueError(f'model.family={model.family!r} is unknown; use one of {FAMILIES}')
+        raise ValueError(f'model.family={model.family!r} is unknown; use one of {tuple(FAMILIES)}')
+    if model.dtype not in DTYPES:
+        raise ValueError(f'model.dtype={model.dtype!r} is unknown; use one of {tuple(DTYPES)}')
+    FAMILIES[model.family].validate(model)
+
+
+def create_model(
+    model: ml_collections.ConfigDict, num_classes: int, axis_name: str | None = None, **kwargs
+) -> nn.Module:
+    """Builds the module described by `config.model` (validated first) with its family."""
+    validate_model_config(model)
+    return FAMILIES[model.family].build(model, num_classes, axis_name, **kwargs)
+
+
+def resume_critical_keys() -> tuple[str, ...]:
+    """`model.family` and every registered family's architecture keys, in registration order."""
+    keys = ['model.family']
+    for family in FAMILIES.values():
+        keys += [f'model.{k}' for k in family.architecture_keys if f'model.{k}' not in keys]
+    return tuple(keys)
+
+
+def run_label(model: dict[str, Any]) -> str:
+    """A short label for a run from config.json's `model` block, e.g. 'plain-56 (no BN)'."""
+    return FAMILIES[model['family']].label(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ResNet families of He et al. 2015: CIFAR (6n+2 basic blocks) and ImageNet (Table 1).
+
+
+def _validate_resnet(model: ml_collections.ConfigDict) -> None:
     if model.family == 'cifar' and (model.depth < 8 or (model.depth - 2) % 6):
         raise ValueError(
             f'model.depth={model.depth} is not 6n+2 with n >= 1 for the CIFAR family; '
@@ -38,8 +116,6 @@ def validate_model_config(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f'model.shortcut={model.shortcut!r} is unknown; use one of {SHORTCUTS}')
     if model.norm not in NORMS:
         raise ValueError(f'model.norm={model.norm!r} is unknown; use one of {NORMS}')
-    if model.dtype not in DTYPES:
-        raise ValueError(f'model.dtype={model.dtype!r} is unknown; use one of {tuple(DTYPES)}')
     if model.weight_grad not in WEIGHT_GRADS:
         raise ValueError(
             f'model.weight_grad={model.weight_grad!r} is unknown; use one of {WEIGHT_GRADS}'
@@ -55,15 +131,10 @@ def validate_model_config(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
 
 
-def create_model(
-    model: ml_collections.ConfigDict, num_classes: int, axis_name: str | None = None, **kwargs
+def _build_resnet(
+    model: ml_collections.ConfigDict, num_classes: int, axis_name: str | None, **kwargs: Any
 ) -> ResNet:
-    """Builds the `ResNet` described by `config.model` (validated first).
-
-    `model.width` multiplies the stage widths (16/32/64 for CIFAR, 64/.../512 for ImageNet);
-    `axis_name` makes BatchNorm average its statistics over that pmap axis (synchronised BN).
-    """
-    validate_model_config(model)
+    """`model.width` multiplies the stage widths (16/32/64 for CIFAR, 64/.../512 for ImageNet)."""
     if model.family == 'cifar':
         n = (model.depth - 2) // 6
         block, stages, widths = 'basic', (n, n, n), (16, 32, 64)
@@ -87,4 +158,21 @@ def create_model(
         weight_grad=model.weight_grad,
         scan_blocks=model.scan_blocks,
         **kwargs,
+    )
+
+
+def _resnet_label(model: dict[str, Any]) -> str:
+    name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
+    return name + (' (no BN)' if model['norm'] == 'none' else '')
+
+
+for _name in ('cifar', 'imagenet'):
+    register(
+        ModelFamily(
+            name=_name,
+            validate=_validate_resnet,
+            build=_build_resnet,
+            architecture_keys=('depth', 'residual', 'shortcut', 'norm', 'width', 'preactivation'),
+            label=_resnet_label,
+        )
     )

@@ -4,14 +4,14 @@ XLA lowers the weight gradient of a convolution (dL/dW) to another convolution w
 is the whole activation map. On the CPU backend that convolution reads its input x in a
 (C, H, W, N) layout, so XLA transposes x first, and it fuses x's elementwise producers
 (relu(bn(conv) + shortcut), back through the blocks) into that transpose: it recomputes them
-in a cache-hostile order, 40-80 ms for a 128x32x32x16 map where a plain transposing copy
-takes ~5 ms (~265 ms of a 1-s ResNet-20 step on 2 cores). The 'stored' form computes the same
-weight gradient from x stored to a buffer first (`_materialise`), so the transpose is that
-plain copy: ResNet-20 step 773 vs 986 ms, ResNet-56 2116 vs 4045 ms (docs/notes.md).
+in a cache-hostile order, many times slower than a plain transposing copy, and more so the
+deeper the chain. The 'stored' form computes the same weight gradient from x stored to a
+buffer first (`_materialise`), so the transpose is that plain copy (profiles and step times:
+docs/notes.md, session 4).
 
 XLA:CPU also puts only top-level convolutions into the dimension order its fast (Eigen)
 convolution needs; inside a `lax.scan` body (`ResNet(scan_blocks=True)`) the two gradient
-convolutions JAX derives run as naive loops, ~80x slower. So the 'stored' form writes the
+convolutions JAX derives run as naive loops (docs/notes.md). So the 'stored' form writes the
 transposes out itself: its tangent is two convolutions whose *transposes* (the input and
 weight gradients) are already in that order (NHWC input, HWIO kernel, NHWC output).
 

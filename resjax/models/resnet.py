@@ -99,8 +99,12 @@ def _observe(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
     return module.perturb(name, x)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; with `residual`, plus a shortcut (paper Fig. 2 / Fig. 3)."""
+class Block(nn.Module):
+    """A residual block's skeleton: convolutions `layers()`, each followed by its norm (and a
+    ReLU but after the last); with `residual`, plus a shortcut (paper §3.3), then the ReLU.
+    With `preactivation` (He et al. 2016, "Identity Mappings") each convolution is preceded
+    by norm-ReLU instead, and nothing follows the add. Subclasses say only what the layers are.
+    """
 
     filters: int
     strides: int = 1
@@ -113,74 +117,64 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
     weight_grad: str = 'auto'
 
+    expansion = 1  # Output channels = filters * expansion.
+
+    def layers(self) -> list[tuple[int, int, int]]:
+        """(features, kernel size, stride) of each convolution, in forward order."""
+        raise NotImplementedError
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = functools.partial(_conv_layer, self)
         norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
-        strides = self.strides
+        layers = self.layers()
+        last = len(layers)
         if self.preactivation:
-            # He et al. 2016 ("Identity Mappings"): BN-ReLU-conv twice, nothing after the add.
             y = nn.relu(norm('norm1')(x, train))
             shortcut_in = y if _needs_projection(self, x) else x
-            y = conv(self.filters, 3, strides, 'conv1')(y)
-            y = nn.relu(_observe(self, 'response1', norm('norm2')(y, train)))
-            y = conv(self.filters, 3, 1, 'conv2')(y)
+            for i, (features, k, strides) in enumerate(layers, 1):
+                y = conv(features, k, strides, f'conv{i}')(y)
+                if i < last:
+                    y = nn.relu(_observe(self, f'response{i}', norm(f'norm{i + 1}')(y, train)))
             if self.residual:
                 y = y + _shortcut(self, shortcut_in, train, conv, norm)
             return _observe(self, 'output', y)
-        y = conv(self.filters, 3, strides, 'conv1')(x)
-        y = nn.relu(_observe(self, 'response1', norm('norm1')(y, train)))
-        y = conv(self.filters, 3, 1, 'conv2')(y)
-        y = _observe(self, 'response2', norm('norm2', self.zero_init_last)(y, train))
+        y = x
+        for i, (features, k, strides) in enumerate(layers, 1):
+            y = conv(features, k, strides, f'conv{i}')(y)
+            zero = i == last and self.zero_init_last
+            y = _observe(self, f'response{i}', norm(f'norm{i}', zero)(y, train))
+            if i < last:
+                y = nn.relu(y)
         if self.residual:
             y = y + _shortcut(self, x, train, conv, norm)
         return _observe(self, 'output', nn.relu(y))
 
 
-class BottleneckBlock(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (x4); the ImageNet family's deeper block (paper Fig. 5)."""
+class BasicBlock(Block):
+    """Two 3x3 convolutions, the first strided (paper Fig. 2 / Fig. 3)."""
 
-    filters: int
-    strides: int = 1
-    residual: bool = True
+    def layers(self) -> list[tuple[int, int, int]]:
+        return [(self.filters, 3, self.strides), (self.filters, 3, 1)]
+
+
+class BottleneckBlock(Block):
+    """1x1 reduce, 3x3 (strided), 1x1 expand (x4); the ImageNet family's deeper block (paper
+    Fig. 5)."""
+
     shortcut: str = 'projection'
-    norm: str = 'batch'
-    preactivation: bool = False
-    zero_init_last: bool = False
-    axis_name: str | None = None
-    dtype: Any = jnp.float32
-    expansion: int = 4
-    weight_grad: str = 'auto'
+    expansion = 4
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(_conv_layer, self)
-        norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
+    def layers(self) -> list[tuple[int, int, int]]:
         out = self.filters * self.expansion
-        if self.preactivation:
-            y = nn.relu(norm('norm1')(x, train))
-            shortcut_in = y if _needs_projection(self, x) else x
-            y = conv(self.filters, 1, 1, 'conv1')(y)
-            y = nn.relu(_observe(self, 'response1', norm('norm2')(y, train)))
-            y = conv(self.filters, 3, self.strides, 'conv2')(y)
-            y = nn.relu(_observe(self, 'response2', norm('norm3')(y, train)))
-            y = conv(out, 1, 1, 'conv3')(y)
-            if self.residual:
-                y = y + _shortcut(self, shortcut_in, train, conv, norm, out)
-            return _observe(self, 'output', y)
-        y = conv(self.filters, 1, 1, 'conv1')(x)
-        y = nn.relu(_observe(self, 'response1', norm('norm1')(y, train)))
-        y = conv(self.filters, 3, self.strides, 'conv2')(y)
-        y = nn.relu(_observe(self, 'response2', norm('norm2')(y, train)))
-        y = conv(out, 1, 1, 'conv3')(y)
-        y = _observe(self, 'response3', norm('norm3', self.zero_init_last)(y, train))
-        if self.residual:
-            y = y + _shortcut(self, x, train, conv, norm, out)
-        return _observe(self, 'output', nn.relu(y))
+        return [(self.filters, 1, 1), (self.filters, 3, self.strides), (out, 1, 1)]
 
 
-def _out_channels(block: nn.Module) -> int:
-    return block.filters * getattr(block, 'expansion', 1)
+BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
+
+
+def _out_channels(block: Block) -> int:
+    return block.filters * block.expansion
 
 
 def _needs_projection(block: nn.Module, x: jax.Array) -> bool:
@@ -190,9 +184,9 @@ def _needs_projection(block: nn.Module, x: jax.Array) -> bool:
     return block.shortcut == 'projection' and changes_shape
 
 
-def _shortcut(block, x, train, conv, norm, out=None) -> jax.Array:
+def _shortcut(block, x, train, conv, norm) -> jax.Array:
     """The paper's shortcut options (§3.3): A zero-pads, B projects when shapes change, C always."""
-    out = out or block.filters
+    out = _out_channels(block)
     if _needs_projection(block, x):
         y = conv(out, 1, block.strides, 'shortcut_conv')(x)
         return y if block.preactivation else norm('shortcut_norm')(y, train)
@@ -313,7 +307,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
+        block_cls = BLOCKS[self.block]
         x = x.astype(self.dtype)
         x = Stem(
             self.family,

@@ -65,11 +65,9 @@ def make_hvp(
     """Returns `v -> H v` at fixed `params` (see `hvp` for units).
 
     With `linearize=True` the forward and backward passes run once, and each call only pushes a
-    tangent through the stored residuals. Measured on a small conv net (CPU, jit, 20 HVPs in a
-    fori_loop): 17.7 ms/HVP linearized vs 20.7 ms/HVP for `hvp` in the loop body, i.e. XLA does
-    not hoist the primal out of the loop by itself. The price is that the residuals of a full
-    forward+backward pass stay live for the whole loop; `linearize=False` trades the ~15% speed
-    back for that memory.
+    tangent through the stored residuals: XLA does not hoist the primal out of a loop around
+    `hvp` by itself (docs/notes.md). The price is that the residuals of a full forward+backward
+    pass stay live for the whole loop; `linearize=False` trades that speed back for the memory.
     """
     if linearize:
         _, hvp_fn = jax.linearize(jax.grad(loss_fn), params)

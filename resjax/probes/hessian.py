@@ -78,7 +78,7 @@ def make_sharpness_probe(
 
     The iterations run on the host around ONE jitted HVP, not under `lax.while_loop`: on
     XLA:CPU a convolution's gradient inside a loop body misses the fast Eigen path and one
-    HVP there cost ~50 standalone ones (measured, docs/notes.md). A scalar per iteration
+    HVP there cost dozens of standalone ones (docs/notes.md). A scalar per iteration
     crosses to the host; one compile serves every iteration and every probe.
     """
 
@@ -135,6 +135,7 @@ def make_sharpness_probe(
                 values.append(float(hvp_dot(*args, z, 0.0)[1]))
             out['hessian/trace'] = float(np.mean(values))
             out['hessian/trace_stderr'] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+            out['hessian/num_hvps'] += trace_samples
         return out, vec
 
     return probe

@@ -1,0 +1,50 @@
+"""The plain-vs-residual study: a grid of training runs, the figures that compare them, and a
+report whose every number is computed from the runs.
+
+A study config is an ordinary training config (the grid's *base*) plus `config.study`:
+
+- `study.depths`, `study.residual`, `study.norms`, `study.seeds`: the grid, a product; each
+  point is one run, `model.depth`, `model.residual`, `model.norm` and `seed` set on the base.
+- `study.exclude`: selectors (below) of grid points left out, e.g. `'depth=110 residual=false'`
+  (the paper has ResNet-110 but no plain-110).
+- `study.overrides`: per-run changes, each `'<selector> -> <key>=<value> [<key>=<value> ...]'`,
+  e.g. `'norm=none -> train.lr=0.02'`, applied in order to the runs the selector matches. A
+  selector is space-separated `depth=`, `residual=`, `norm=`, `seed=` terms, all of which
+  must match (`*` alone matches every run).
+- `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
+- `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
+  which of them to draw (`figures`).
+
+Layout of a study workdir: `runs/<name>/` (ordinary resjax workdirs, `<name>` e.g.
+`plain56_bn_s0`), `inspect/<figure>/` (the inspection library's outputs), `figures/`
+(PNG + JSON each), `status.json` (state and wall time of each run), `findings.json`,
+`report.md`, `report.html` (self-contained: figures embedded as base64 PNGs).
+
+A run is *finished* when its metrics.jsonl has a row at `train.steps` holding eval metrics;
+re-running a study skips finished runs, resumes partial ones (`train_and_evaluate` resumes
+from the latest checkpoint) and skips runs that stopped on a non-finite loss (marked by a
+`DIVERGED` file in their workdir) unless told to retry them. Findings use finished runs only;
+figures draw whatever rows exist.
+
+Modules: `config` (study keys, selectors, overrides), `grid` (the runs, their workdirs and
+states), `run` (training and inspection, one run after another), `numbers` (per-run numbers
+from metrics.jsonl), `figures` (figures 1-4), `findings` (one small function per finding),
+`report` (findings.json, report.md, report.html).
+"""
+
+from resjax.study.config import StudyError, validate_study_config
+from resjax.study.grid import RunSpec, expand_grid, run_state
+from resjax.study.report import write_report
+from resjax.study.run import run_study
+from resjax.study_config import default_study_config
+
+__all__ = [
+    'RunSpec',
+    'StudyError',
+    'default_study_config',
+    'expand_grid',
+    'run_state',
+    'run_study',
+    'validate_study_config',
+    'write_report',
+]

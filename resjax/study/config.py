@@ -1,0 +1,145 @@
+"""Study config: `config.study`'s keys checked, selectors and per-run overrides parsed."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from resjax.study_config import INSPECT_FIGURES, default_study_config
+
+SELECTOR_KEYS = ('depth', 'residual', 'norm', 'seed')
+
+
+class StudyError(ValueError):
+    """A study config or workdir that cannot run; the message is one line naming the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One `study.overrides` entry: set `assignments` on runs matching every selector term."""
+
+    selector: dict[str, str]
+    assignments: dict[str, Any]
+
+    def matches(self, depth: int, residual: bool, norm: str, seed: int) -> bool:
+        """Whether a run with these grid values is selected."""
+        values = {
+            'depth': str(depth),
+            'residual': str(residual).lower(),
+            'norm': norm,
+            'seed': str(seed),
+        }
+        return all(values[k] == v for k, v in self.selector.items())
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        if text.lower() not in ('true', 'false'):
+            raise StudyError(f'study.overrides: {key}={text!r} must be true or false')
+        return text.lower() == 'true'
+    for kind in (int, float):
+        if isinstance(current, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise StudyError(
+                    f'study.overrides: {key}={text!r} is not a {kind.__name__}'
+                ) from None
+    if isinstance(current, str):
+        return text
+    raise StudyError(f'study.overrides: {key} holds a {type(current).__name__}; not overridable')
+
+
+def parse_selector(text: str, where: str) -> dict[str, str]:
+    """`'depth=56 residual=false'` -> {'depth': '56', 'residual': 'false'}; `*` -> {}."""
+    selector = {}
+    for term in text.split():
+        if term == '*':
+            continue
+        k, sep, v = term.partition('=')
+        if not sep or k not in SELECTOR_KEYS:
+            raise StudyError(
+                f'{where}: selector term {term!r}; use {"=, ".join(SELECTOR_KEYS)}= or *'
+            )
+        selector[k] = v.lower() if k == 'residual' else v
+    if not text.strip():
+        raise StudyError(f'{where}: empty selector; use * to select every run')
+    return selector
+
+
+def parse_override(text: str, base: ml_collections.ConfigDict) -> Override:
+    """Parses `'<selector> -> key=value ...'` against the base config (keys must exist)."""
+    if '->' not in text:
+        raise StudyError(f'study.overrides entry {text!r}: use "<selector> -> <key>=<value>"')
+    left, right = (part.strip() for part in text.split('->', 1))
+    selector = parse_selector(left, f'study.overrides entry {text!r}')
+    assignments = {}
+    for term in right.split():
+        key, sep, v = term.partition('=')
+        if not sep:
+            raise StudyError(f'study.overrides entry {text!r}: {term!r} is not key=value')
+        node, *path = key.split('.')
+        try:
+            current = base[node]
+            for p in path:
+                current = current[p]
+        except (KeyError, AttributeError, TypeError):
+            raise StudyError(
+                f'study.overrides entry {text!r}: unknown config key {key!r}'
+            ) from None
+        if node == 'study' or isinstance(current, ml_collections.ConfigDict):
+            raise StudyError(f'study.overrides entry {text!r}: {key!r} is not a training key')
+        assignments[key] = _parse_value(v, current, key)
+    if not assignments:
+        raise StudyError(f'study.overrides entry {text!r} sets nothing')
+    return Override(selector, assignments)
+
+
+def validate_study_config(config: ml_collections.ConfigDict) -> None:
+    """Raises StudyError (one line) for a config that is not a study: no `study` block,
+    unknown keys in it, empty or impossible grid values, bad overrides or inspection sizes."""
+    if 'study' not in config:
+        raise StudyError(
+            'the config has no `study` block; use configs/study_digits.py or one like it'
+        )
+    s = config.study
+    known = set(default_study_config().keys())
+    unknown = sorted(set(s.keys()) - known)
+    if unknown:
+        raise StudyError(f'unknown study key(s) {unknown}; known: {sorted(known)}')
+    unknown = sorted(set(s.inspect.keys()) - set(default_study_config().inspect.keys()))
+    if unknown:
+        raise StudyError(f'unknown study.inspect key(s) {unknown}')
+    for key in ('depths', 'residual', 'norms', 'seeds'):
+        if not isinstance(s[key], tuple | list) or not s[key]:
+            raise StudyError(f'study.{key}={s[key]!r} must be a non-empty tuple')
+    for d in s.depths:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise StudyError(f'study depth {d!r} is not an integer')
+    if any(not isinstance(r, bool) for r in s.residual):
+        raise StudyError(f'study.residual={s.residual!r} must hold True and/or False')
+    bad = [n for n in s.norms if n not in ('batch', 'none')]
+    if bad:
+        raise StudyError(f'study.norms has {bad}; use batch and/or none')
+    if any(not isinstance(x, int) or isinstance(x, bool) for x in s.seeds):
+        raise StudyError(f'study.seeds={s.seeds!r} must hold integers')
+    for name in (k for k in tuple(s.inspect.figures)):
+        if name not in INSPECT_FIGURES:
+            raise StudyError(f'study.inspect.figures has {name!r}; use some of {INSPECT_FIGURES}')
+    if s.inspect.max_depth < 0:
+        raise StudyError(f'study.inspect.max_depth={s.inspect.max_depth} must be >= 0')
+    for key in ('examples', 'batch', 'lanczos_order', 'slq_draws', 'grid', 'chunk'):
+        if s.inspect[key] <= 0:
+            raise StudyError(f'study.inspect.{key}={s.inspect[key]} must be positive')
+    if s.inspect.grid < 3:
+        raise StudyError(f'study.inspect.grid={s.inspect.grid} must be at least 3')
+    if s.inspect.bn_mode not in ('eval', 'train'):
+        raise StudyError(f'study.inspect.bn_mode={s.inspect.bn_mode!r}; use eval or train')
+    if not 0 <= s.degradation_margin < 1:
+        raise StudyError(f'study.degradation_margin={s.degradation_margin} must be in [0, 1)')
+    for text in s.overrides:
+        parse_override(text, config)
+    for text in s.exclude:
+        parse_selector(text, f'study.exclude entry {text!r}')

@@ -1,0 +1,177 @@
+"""The grid of runs: each run's config and workdir, its state, and the study workdir's status
+and inspection targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from resjax import models, train
+from resjax.metrics import read_metrics
+from resjax.study.config import (
+    Override,
+    StudyError,
+    parse_override,
+    parse_selector,
+    validate_study_config,
+)
+
+DIVERGED = 'DIVERGED'
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One run of the grid: its grid values, its resolved training config and its workdir."""
+
+    name: str
+    depth: int
+    residual: bool
+    norm: str
+    seed: int
+    config: ml_collections.ConfigDict
+    workdir: str
+
+    @property
+    def label(self) -> str:
+        """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
+        library labels its figures' runs the same way)."""
+        return models.run_label(self.config.model)
+
+    @property
+    def group(self) -> tuple[int, bool, str]:
+        """The grid point without the seed: runs of one group are averaged in findings."""
+        return (self.depth, self.residual, self.norm)
+
+
+def run_name(depth: int, residual: bool, norm: str, seed: int) -> str:
+    """`plain56_bn_s0`, `resnet20_nobn_s1`: the run's directory under `<workdir>/runs/`."""
+    return (
+        f'{"resnet" if residual else "plain"}{depth}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
+    )
+
+
+def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec]:
+    """Every run of the study (the grid's product less `study.exclude`) in training order:
+    BN nets first (the paper's setting), then by depth, plain before residual, then seed. Each
+    run's config is the base (without `study`) with the grid values and matching overrides
+    applied, validated as a training config.
+
+    Raises StudyError naming the run whose config cannot train.
+    """
+    validate_study_config(config)
+    s = config.study
+    base = {k: v for k, v in config.to_dict().items() if k != 'study'}
+    overrides = [parse_override(t, config) for t in s.overrides]
+    exclude = [Override(parse_selector(t, 'study.exclude'), {}) for t in s.exclude]
+    points = [
+        p
+        for p in set(itertools.product(s.depths, s.residual, s.norms, s.seeds))
+        if not any(e.matches(*p) for e in exclude)
+    ]
+    if not points:  # As for an empty study.seeds: nothing to run is bad input, not a report.
+        raise StudyError(f'study.exclude={tuple(s.exclude)!r} leaves no run of the grid')
+    order = {'batch': 0, 'none': 1}
+    specs = []
+    for depth, residual, norm, seed in sorted(
+        points, key=lambda p: (order[p[2]], p[0], p[1], p[3])
+    ):
+        c = ml_collections.ConfigDict(base)
+        c.model.depth, c.model.residual, c.model.norm, c.seed = depth, residual, norm, seed
+        for o in overrides:
+            if o.matches(depth, residual, norm, seed):
+                for key, value in o.assignments.items():
+                    *path, leaf = key.split('.')
+                    node = c
+                    for p in path:
+                        node = node[p]
+                    node[leaf] = value
+        name = run_name(depth, residual, norm, seed)
+        try:
+            train.validate_config(c)
+        except train.ConfigError as e:
+            raise StudyError(f'run {name}: {e}') from None
+        specs.append(
+            RunSpec(
+                name, depth, residual, norm, seed, c.lock(), os.path.join(workdir, 'runs', name)
+            )
+        )
+    return specs
+
+
+def run_state(spec: RunSpec) -> str:
+    """'finished' (a row at train.steps with eval metrics), 'diverged' (a DIVERGED mark),
+    'partial' (some metrics) or 'missing'."""
+    if os.path.exists(os.path.join(spec.workdir, DIVERGED)):
+        return 'diverged'
+    rows = read_rows(spec.workdir)
+    if any(r['step'] == spec.config.train.steps and 'eval/accuracy' in r for r in rows):
+        return 'finished'
+    return 'partial' if rows else 'missing'
+
+
+def read_rows(workdir: str) -> list[dict]:
+    """A workdir's metrics rows; none if it has no readable metrics.jsonl."""
+    try:
+        return read_metrics(workdir)
+    except (OSError, ValueError):
+        return []
+
+
+def load_status(workdir: str) -> dict:
+    """`status.json`: {run name: {'state', 'seconds'}} of the runs this study trained."""
+    try:
+        with open(os.path.join(workdir, 'status.json')) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, list[RunSpec]]:
+    """Which runs each inspection figure uses: the spectrum and the 2-D landscape take the
+    deepest plain and residual nets of the first norm and seed of the grid (depths without a
+    plain net are passed over); the lesion takes every residual net of
+    that norm and seed. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
+    norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
+    pool = [
+        s
+        for s in specs
+        if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
+    ]
+    if not pool:
+        return {}
+    plain_depths = {s.depth for s in pool if not s.residual}
+    deepest = max(plain_depths) if plain_depths else max(s.depth for s in pool)
+    pair = [s for s in pool if s.depth == deepest]
+    return {
+        'spectrum': pair,
+        'landscape2d': pair,
+        'lesion': [s for s in pool if s.residual],
+    }
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    """The JSON at `path`, or `default` if it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def read_text(path: str) -> str:
+    """The stripped text at `path`, or '' if it is missing."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ''
+
+
+def norm_title(norm: str) -> str:
+    """A grid norm as a title: 'BatchNorm' or 'no normalisation'."""
+    return 'BatchNorm' if norm == 'batch' else 'no normalisation'

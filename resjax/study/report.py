@@ -1,0 +1,241 @@
+"""The report: findings.json, report.md and report.html (self-contained)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+
+import ml_collections
+from absl import logging
+
+from resjax import plots
+from resjax.logs import format_seconds
+from resjax.study import figures as draw
+from resjax.study.findings import cap, compute_findings, pct
+from resjax.study.grid import (
+    DIVERGED,
+    RunSpec,
+    inspection_targets,
+    load_status,
+    read_json,
+    read_text,
+    run_state,
+)
+from resjax.study.numbers import collect, run_numbers
+
+SECTIONS = {
+    1: ('Training and test error (He et al. 2015, Fig. 6)', 'fig1_error'),
+    2: ('Gradient profiles at init and during training', 'fig2_gradients'),
+    3: ('Layer responses (He et al. 2015, Fig. 7)', 'fig3_responses'),
+    4: ('Sharpness against 2/lr', 'fig4_sharpness'),
+    5: ('Hessian spectral density at the end of training', 'spectrum'),
+    6: ('2-D loss landscapes of the deepest nets (Li et al. 2018, Fig. 5)', 'landscape2d'),
+    7: ('Lesions of the residual nets (Veit et al. 2016)', 'lesion'),
+}
+
+
+def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str) -> dict:
+    """Draws figures 1-4 from the runs' metrics, picks up figures 5-7 from earlier inspection,
+    computes the findings and writes `findings.json`, `report.md` and `report.html`.
+
+    Returns the findings.json content: `runs` (state and `run_numbers` of each run),
+    `findings`, `figures` ({number: {'path', 'width', 'height'}}), `missing` (lines).
+    """
+    runs = collect(specs)
+    fig_dir = os.path.join(workdir, 'figures')
+    figures: dict[int, dict | None] = {
+        1: draw.figure_errors(runs, fig_dir),
+        2: draw.figure_gradients(runs, fig_dir),
+        3: draw.figure_responses(runs, fig_dir),
+        4: draw.figure_sharpness(runs, fig_dir),
+    }
+    inspection, targets = {}, inspection_targets(specs, config.study.inspect.max_depth)
+    stale = []
+    for number, name in ((5, 'spectrum'), (6, 'landscape2d'), (7, 'lesion')):
+        figures[number], inspection[name] = draw.inspection_figure(workdir, name)
+        marker = read_json(os.path.join(workdir, 'inspect', name, 'study_inputs.json'), {})
+        want = [
+            s.name
+            for s in targets.get(name, [])
+            if run_state(s) == 'finished'
+            and os.path.relpath(s.workdir, workdir) not in marker.get('runs', [])
+        ]
+        if figures[number] and want:
+            stale.append(f'figure {number} ({name}) does not include {", ".join(want)} yet')
+    findings = compute_findings(config, runs, inspection)
+    missing = [
+        f'{r.spec.name}: {r.state}'
+        + (
+            f' (step {max(x["step"] for x in r.rows)} of {r.spec.config.train.steps})'
+            if r.rows
+            else ''
+        )
+        + (
+            f': {read_text(os.path.join(r.spec.workdir, DIVERGED))}'
+            if r.state == 'diverged'
+            else ''
+        )
+        for r in runs
+        if r.state != 'finished'
+    ]
+    missing += [
+        f'figure {n} ({SECTIONS[n][0]}): not drawn yet' for n, f in figures.items() if f is None
+    ]
+    missing += stale
+    status = load_status(workdir)
+    result = {
+        'runs': {
+            r.spec.name: {
+                'state': r.state,
+                'seconds': status.get(r.spec.name, {}).get('seconds'),
+                **run_numbers(r),
+            }
+            for r in runs
+        },
+        'findings': findings,
+        'figures': {str(n): f for n, f in figures.items() if f},
+        'missing': missing,
+    }
+    plots.write_json(os.path.join(workdir, 'findings.json'), result)
+    blocks = _report_blocks(config, runs, figures, findings, missing, workdir)
+    with open(os.path.join(workdir, 'report.md'), 'w') as f:
+        f.write(render_markdown(blocks, workdir))
+    with open(os.path.join(workdir, 'report.html'), 'w') as f:
+        f.write(render_html(blocks))
+    logging.info('study: wrote %s and report.html', os.path.join(workdir, 'report.md'))
+    return result
+
+
+def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tuple]:
+    s = config.study
+    t = config.train
+    status = load_status(workdir)
+    blocks: list[tuple] = [('h1', 'Plain vs residual networks: the study')]
+    extra = ''.join(f', excluding {e}' for e in s.exclude)
+    recipe = (
+        f'{t.steps} steps of batch {t.batch_size}, SGD momentum {t.momentum}, lr {t.lr} '
+        f'({t.schedule}, {t.warmup_steps} steps of {t.warmup} warm-up), weight decay '
+        f'{t.weight_decay}'
+    )
+    intro = (
+        f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
+        f'{list(s.residual)}, norm {list(s.norms)}, seeds {list(s.seeds)}. Every run: {recipe}'
+        + ''.join(f'; override "{o}"' for o in s.overrides)
+        + f'. Signal probes every {config.probes.every_steps} steps, sharpness every '
+        f'{config.probes.hessian_every_steps} ({config.probes.hessian_batch} batch, BN '
+        f"{config.probes.bn_mode} mode). Every number below is computed from the runs' "
+        'metrics.jsonl and the inspection outputs (findings.json holds them all).'
+    )
+    blocks.append(('p', intro))
+    header = ['run', 'state', 'steps', 'final train error', 'final test error', 'wall time']
+    table = []
+    for r in runs:
+        n = run_numbers(r)
+        last = max((x['step'] for x in r.rows), default=0)
+        seconds = status.get(r.spec.name, {}).get('seconds')
+        table.append(
+            [
+                r.spec.name,
+                r.state,
+                f'{last}/{r.spec.config.train.steps}',
+                pct(n['final_train_error']) if n['final_train_error'] is not None else '-',
+                pct(n['final_test_error']) if n['final_test_error'] is not None else '-',
+                format_seconds(seconds) if seconds else '-',
+            ]
+        )
+    blocks.append(('table', header, table))
+    if missing:
+        blocks.append(('h2', 'Missing'))
+        blocks.append(('p', 'This study is not complete; what follows shows what exists.'))
+        blocks.append(('ul', missing))
+    blocks.append(('h2', 'Findings'))
+    blocks.append(
+        ('ul', [f'Fig. {f["figure"]}, {f["title"]}: **{f["verdict"]}**' for f in findings])
+    )
+    for number, (title, _) in SECTIONS.items():
+        blocks.append(('h3', f'Figure {number}: {title}'))
+        fig = figures.get(number)
+        if fig:
+            blocks.append(('img', fig['path'], f'Figure {number}: {title}'))
+        else:
+            blocks.append(('p', '*Not drawn yet: its runs or inspection are missing.*'))
+        for f in findings:
+            if f['figure'] == number:
+                rule = f' *Rule:* {f["rule"]}.' if f['rule'] else ''
+                blocks.append(('p', f'**{cap(f["verdict"])}.** {f["text"]}{rule}'))
+                blocks.append(('p', f'*Paper:* {f["paper"]}'))
+    return blocks
+
+
+def render_markdown(blocks: list[tuple], workdir: str) -> str:
+    """Markdown for the report blocks; images by path relative to the workdir."""
+    lines = []
+    for kind, *args in blocks:
+        if kind == 'h1':
+            lines += [f'# {args[0]}', '']
+        elif kind == 'h2':
+            lines += [f'## {args[0]}', '']
+        elif kind == 'h3':
+            lines += [f'### {args[0]}', '']
+        elif kind == 'p':
+            lines += [args[0], '']
+        elif kind == 'ul':
+            lines += [f'- {item}' for item in args[0]] + ['']
+        elif kind == 'img':
+            lines += [f'![{args[1]}]({os.path.relpath(args[0], workdir)})', '']
+        elif kind == 'table':
+            header, rows = args
+            lines.append('| ' + ' | '.join(header) + ' |')
+            lines.append('|' + ' --- |' * len(header))
+            lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows] + ['']
+    return '\n'.join(lines)
+
+
+def _inline_html(text: str) -> str:
+    # The report's own markup only: **bold** and *italic*.
+    out = html.escape(text)
+    parts = out.split('**')
+    out = ''.join(f'<b>{p}</b>' if i % 2 else p for i, p in enumerate(parts))
+    parts = out.split('*')
+    return ''.join(f'<i>{p}</i>' if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: list[tuple]) -> str:
+    """A self-contained HTML page for the report blocks: figures as base64 PNG data URIs."""
+    body = []
+    for kind, *args in blocks:
+        if kind in ('h1', 'h2', 'h3'):
+            body.append(f'<{kind}>{html.escape(args[0])}</{kind}>')
+        elif kind == 'p':
+            body.append(f'<p>{_inline_html(args[0])}</p>')
+        elif kind == 'ul':
+            body.append('<ul>' + ''.join(f'<li>{_inline_html(i)}</li>' for i in args[0]) + '</ul>')
+        elif kind == 'img':
+            with open(args[0], 'rb') as f:
+                data = base64.b64encode(f.read()).decode('ascii')
+            body.append(
+                f'<figure><img alt="{html.escape(args[1])}" src="data:image/png;base64,'
+                f'{data}"><figcaption>{html.escape(args[1])}</figcaption></figure>'
+            )
+        elif kind == 'table':
+            header, rows = args
+            body.append(
+                '<table><tr>'
+                + ''.join(f'<th>{html.escape(h)}</th>' for h in header)
+                + '</tr>'
+                + ''.join(
+                    '<tr>' + ''.join(f'<td>{html.escape(str(c))}</td>' for c in row) + '</tr>'
+                    for row in rows
+                )
+                + '</table>'
+            )
+    style = (
+        'body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}'
+        'img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;'
+        'padding:2px 8px}figcaption{font-size:90%;color:#555}'
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>resjax study</title>'
+        f'<style>{style}</style></head><body>\n' + '\n'.join(body) + '\n</body></html>\n'
+    )
