@@ -169,9 +169,11 @@ def load_run(workdir: str, step: int | None = None, batch: int = 128) -> Run:
     """Restores `workdir`'s checkpoint at `step` (default: the latest) without writing anything.
 
     Raises InspectError (one line) for a missing workdir, a directory that is not a resjax run
-    (no config.json or no checkpoints), a missing step (the message lists the saved ones) and a
-    checkpoint whose shapes differ from the model its config.json describes. `batch` sets the
-    dataset's train and eval batch sizes (per process).
+    (no config.json or no checkpoints), a missing step (the message lists the saved ones), a
+    checkpoint whose shapes differ from the model its config.json describes, and a damaged one.
+    The step is read from a private hard-linked snapshot (`checkpoint.held_step`), so a live
+    run may delete it meanwhile; a latest step deleted before it is held is replaced by the new
+    latest. `batch` sets the dataset's train and eval batch sizes (per process).
     """
     config = load_config(workdir)
     ckpt_dir = os.path.join(workdir, 'checkpoints')
