@@ -67,6 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.on_nonfinite = 'stop'  # 'stop' (exit 3) | 'skip' the update
     c.train.allow_config_change = False  # resume even if model/dataset differ from the workdir
+    # Workdir of a trained shallower net of the same kind: start from its solution, the added
+    # blocks identities (He et al. 2015's construction; resjax/construct.py). '' = random init.
+    c.train.init_from = ''
 
     c.probes = ml_collections.ConfigDict()
     c.probes.every_steps = 0  # per-layer signal probes; 0 = off

@@ -40,8 +40,8 @@ import scipy.linalg
 from absl import logging
 from jax.flatten_util import ravel_pytree
 
-from resjax import checkpoint, config_lib, data, landscape, models, optim, steps, xla
-from resjax.probes import curvature, hessian, signals
+from resjax import checkpoint, config_lib, construct, data, landscape, models, optim, steps, xla
+from resjax.probes import blocks, curvature, hessian, signals
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -95,10 +95,9 @@ class Run:
     state: steps.TrainState
 
     def initial_state(self) -> steps.TrainState:
-        """The exact step-0 state of this run (same model, optimizer, image shape and seed)."""
-        return steps.create_train_state(
-            self.model, self.tx, self.dataset.image_shape, self.config.seed
-        )
+        """The exact step-0 state of this run (same model, optimizer, image shape and seed;
+        for a `train.init_from` run, the constructed solution)."""
+        return construct.initial_state(self.config, self.model, self.tx, self.dataset.image_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -796,6 +795,9 @@ _INIT_FNS: dict = {}
 def initial_variables(run: Run) -> steps.TrainState:
     """The run's exact step-0 params and BN statistics (`steps.create_train_state` without the
     optimizer), compiled once per (model, image shape) with XLA's fast-compile options."""
+    if run.config.train.init_from:
+        state = run.initial_state()
+        return state.replace(opt_state=())
     key = (run.model, run.dataset.image_shape)
     seed = jnp.int32(run.config.seed)
     if key not in _INIT_FNS:
@@ -1119,6 +1121,88 @@ def probe_signals(runs: list[Run], out_dir: str, opts: Options) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# blocks
+
+
+def block_numbers(run: Run, batch: dict, bn_mode: str = 'eval') -> dict[str, Any]:
+    """The block probes (`resjax.probes.blocks`) of this checkpoint on one batch: every
+    `branch_ratio/`, `block_change/`, `cka/` and `init_distance/` value (from the run's step-0
+    parameters, a constructed run's included) and the all-blocks CKA matrix (`cka_names`,
+    `cka_matrix`). BN in `bn_mode` ('train': this batch's statistics, running ones untouched)."""
+    variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+    mutable = ['intermediates'] + (['batch_stats'] if bn_mode == 'train' else [])
+    _, new_vars = run.model.apply(
+        variables, batch['image'], train=bn_mode == 'train', mutable=mutable
+    )
+    inter = new_vars['intermediates']
+    out = {k: float(v) for k, v in jax.device_get(blocks.block_signals(inter)).items()}
+    initial = initial_variables(run).params
+    moved = blocks.init_distance(run.state.params, initial)
+    out.update({k: float(v) for k, v in jax.device_get(moved).items()})
+    names, matrix = blocks.cka_matrix(inter)
+    out['cka_names'] = names
+    out['cka_matrix'] = np.asarray(matrix, np.float64).tolist()
+    return out
+
+
+def probe_blocks(runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Block probes of each checkpoint on its first `examples` probe examples (one batch; BN in
+    `bn_mode`): the CKA matrix of every pair of stem and block outputs (top row, one panel per
+    run), and per block the change it makes, its branch ratio and its layers' distance from
+    init (bottom row). `blocks.png/.json`."""
+    result = {}
+    for run in runs:
+        ex = train_examples(run, opts.examples)
+        batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
+        r = result[run.label] = {
+            'step': run.step,
+            'bn_mode': opts.bn_mode,
+            'examples': len(ex['label']),
+            **block_numbers(run, batch, opts.bn_mode),
+        }
+        print(
+            f'{run.label}: median block change '
+            f'{np.median(signals.profile(r, "block_change")[1]):.3g}, median consecutive CKA '
+            f'{np.median(signals.profile(r, "cka")[1]):.3g}, distance from init '
+            f'{r["init_distance/global"]:.3g}'
+        )
+    n = len(runs)
+    fig, axes = plt.subplots(2, max(n, 3), figsize=(4.2 * max(n, 3), 8), squeeze=False)
+    for ax, (label, r) in zip(axes[0], result.items()):
+        im = ax.imshow(np.array(r['cka_matrix']), vmin=0, vmax=1, cmap='magma', origin='lower')
+        ax.set_title(f'{label}: linear CKA', fontsize=9)
+        ax.set_xlabel('block (0 = stem)')
+        ax.set_ylabel('block (0 = stem)')
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes[0][n:]:
+        ax.axis('off')
+    panels = [
+        ('block_change', '||h_k - h_(k-1)|| / ||h_(k-1)||', True),
+        ('branch_ratio', '||F(x)|| / ||x|| (residual blocks)', True),
+        ('init_distance', '||W - W_0|| / ||W_0|| per layer', False),
+    ]
+    for ax, (prefix, title, log) in zip(axes[1], panels):
+        for color, (label, r) in zip(_colors(), result.items()):
+            layers, values = signals.profile(r, prefix)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, '.-', color=color, label=label)
+        if log and ax.get_lines():
+            ax.set_yscale('log')
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('block' if prefix != 'init_distance' else 'layer (forward order)')
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    for ax in axes[1][3:]:
+        ax.axis('off')
+    fig.suptitle(f'Block probes on {result and next(iter(result.values()))["examples"]} training '
+                 f'examples, BN {opts.bn_mode} mode', fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    plots.save_figure(fig, out_dir, 'blocks', result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry.
 
 PROBES: dict[str, Callable[[list[Run], str, Options], dict]] = {
@@ -1132,6 +1216,7 @@ PROBES: dict[str, Callable[[list[Run], str, Options], dict]] = {
     'lesion': probe_lesion,
     'shattering': probe_shattering,
     'signals': probe_signals,
+    'blocks': probe_blocks,
 }
 
 

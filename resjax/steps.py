@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resjax.probes import signals
+from resjax.probes import blocks, signals
 
 PyTree = Any
 
@@ -183,6 +183,7 @@ def make_train_step(
                 )
                 act_grads = jax.tree.map(lambda g: g / n, act_grads)
             probe.update(signals.activation_signals(intermediates, act_grads, model.preactivation))
+            probe.update(blocks.block_signals(intermediates))
             probe['grad_norm/global'] = metrics['train/grad_norm']
             probe['probe/loss'] = loss
             metrics = {'train': metrics, 'probes': probe}

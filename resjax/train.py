@@ -14,11 +14,11 @@ import ml_collections
 import optax.tree_utils as otu
 from absl import logging
 
-from resjax import checkpoint, data, models, optim, parallel, steps, xla
+from resjax import checkpoint, construct, data, models, optim, parallel, steps, xla
 from resjax import workdir as workdir_lib
 from resjax.logs import format_seconds
 from resjax.metrics import MetricWriter, mean_metrics
-from resjax.probes import hessian, signals
+from resjax.probes import blocks, hessian, signals
 
 # Config keys whose change makes an existing workdir's checkpoints meaningless for this run:
 # the model families' architecture keys (resjax.models; model.dtype, model.weight_grad and
@@ -78,6 +78,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
     if not 0 <= config.seed < 2**31:
         raise ConfigError(f'seed={config.seed} must be an integer in [0, 2**31)')
+    if config.train.init_from:
+        try:
+            construct.check_source(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
@@ -134,6 +139,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     pmap = config.parallel.mode == 'pmap'
     mesh = parallel.create_mesh()
     abstract_state = jax.eval_shape(init)
+
+    def first_state():
+        """Step 0: the seed's random init, or the constructed solution (`train.init_from`)."""
+        if not config.train.init_from:
+            return xla.run_once(init, out_shardings=replicated)
+        try:
+            state = construct.initial_state(config, model, tx, dataset.image_shape)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return jax.device_put(state, replicated)
+
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
@@ -149,7 +165,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             raise ConfigError(str(e)) from e
         logging.info('Resumed from step %d of %s', int(state.step), workdir)
     else:
-        state = xla.run_once(init, out_shardings=replicated)
+        state = first_state()
     start_step = int(jax.device_get(state.step))
     if start_step >= config.train.steps:
         manager.close()
@@ -224,6 +240,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
         out_shardings=replicated,
     )
     fixed_probe_batch = None
+    # The `init_distance/` probes' reference: this run's step-0 parameters (recomputed on
+    # resume; a copy, since the steps donate the state's buffers).
+    initial_params = None
+    if probe_every:
+        initial_params = (
+            jax.tree.map(jnp.copy, to_global(state.params))
+            if start_step == 0
+            else first_state().params
+        )
+    init_distance = jax.jit(blocks.init_distance)
 
     def evaluate(state):
         sums = None
@@ -295,9 +321,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                 # (a copy: the step donates the state's buffers).
                 previous_params = jax.tree.map(jnp.copy, to_global(state.params))
             if probe_now:
+                moved = host(init_distance(to_global(state.params), initial_params))
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.
-                writer.write(step, host(metrics['probes']))
+                writer.write(step, {**host(metrics['probes']), **moved})
                 metrics = metrics['train']
             else:
                 state, metrics = train_step(state, batch)

@@ -29,6 +29,7 @@ def test_digits_end_to_end_writes_workdir(digits_config, tmp_path):
 
 
 def test_resume_continues_as_the_uninterrupted_run(digits_config, tmp_path):
+    digits_config.probes.every_steps = 5  # Step 5 probes after the resume: init recomputed.
     full = train.train_and_evaluate(digits_config, str(tmp_path / 'full'))
     digits_config.train.steps = 3
     train.train_and_evaluate(digits_config, str(tmp_path / 'split'))
@@ -44,6 +45,13 @@ def test_resume_continues_as_the_uninterrupted_run(digits_config, tmp_path):
     # the steps this process ran (step 4: one step), later ones are identical.
     assert full_rows[6]['train/loss'] == split_rows[6]['train/loss']
     assert full_rows[6]['train/accuracy'] == split_rows[6]['train/accuracy']
+    probe = lambda d: next(  # noqa: E731
+        r for r in read_metrics(str(tmp_path / d)) if r['step'] == 5 and 'init_distance/global' in r
+    )
+    assert probe('full')['init_distance/global'] == probe('split')['init_distance/global'] > 0
+    assert probe('full')['block_change/002_stage2_block1'] == pytest.approx(
+        probe('split')['block_change/002_stage2_block1']
+    )
 
 
 def test_digits_training_learns(digits_config, tmp_path):

@@ -137,7 +137,7 @@ class Block(nn.Module):
                 if i < last:
                     y = nn.relu(_observe(self, f'response{i}', norm(f'norm{i + 1}')(y, train)))
             if self.residual:
-                y = y + _shortcut(self, shortcut_in, train, conv, norm)
+                y = _add_shortcut(self, y, _shortcut(self, shortcut_in, train, conv, norm))
             return _observe(self, 'output', y)
         y = x
         for i, (features, k, strides) in enumerate(layers, 1):
@@ -147,8 +147,16 @@ class Block(nn.Module):
             if i < last:
                 y = nn.relu(y)
         if self.residual:
-            y = y + _shortcut(self, x, train, conv, norm)
+            y = _add_shortcut(self, y, _shortcut(self, x, train, conv, norm))
         return _observe(self, 'output', nn.relu(y))
+
+
+def _add_shortcut(block: nn.Module, branch: jax.Array, shortcut: jax.Array) -> jax.Array:
+    """F(x) + shortcut(x); both terms are sown ('branch', 'shortcut') for the block probes
+    (`resjax.probes.blocks`: the branch ratio ||F(x)|| / ||x||), a no-op otherwise."""
+    block.sow('intermediates', 'branch', branch)
+    block.sow('intermediates', 'shortcut', shortcut)
+    return branch + shortcut
 
 
 class BasicBlock(Block):

@@ -1,0 +1,216 @@
+"""The constructed solution of He et al. 2015 (§1, §4.1): a deeper net that computes exactly what
+a trained shallower one computes, its added blocks identities.
+
+"There exists a solution by construction to the deeper model: the added layers are identity
+mapping, and the other layers are copied from the learned shallower model." `train.init_from`
+names the shallower run's workdir; the deeper run then starts from that solution instead of a
+random init, so training it asks whether SGD keeps (or improves on) a solution that exists.
+
+The map, for CIFAR-family nets (6n+2, post-activation): stem and head are copied, block b of each
+stage of the shallow net becomes block b of the same stage, and the blocks appended at the end of
+each stage (stride 1, as many channels in as out) are identities:
+- convolutions: Dirac kernels (1 at the centre tap from channel c to channel c), biases 0;
+- plain block, BN: running mean and variance set to those of the block's input (per channel,
+  measured on `CALIBRATION_EXAMPLES` training examples with the shallow net in eval mode), scale
+  sqrt(var + eps) and offset mean, so that eval-mode BN is x -> x exactly, and training-mode BN
+  (batch statistics) is close to it; the ReLUs pass x because x >= 0 (a ReLU's output);
+- residual block: as plain, but the last BN has scale and offset 0, so F(x) = 0 in both modes
+  and relu(0 + x) = x.
+Eval-mode outputs equal the shallow net's up to float32 rounding (tests/test_blocks.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resjax import steps
+
+PyTree = Any
+CALIBRATION_EXAMPLES = 1024
+BN_EPSILON = 1e-5  # resjax.models.resnet.Norm's
+# model keys that must agree between the shallow and the deep net.
+SAME_KEYS = ('family', 'residual', 'shortcut', 'norm', 'width', 'preactivation', 'dtype')
+_BLOCK = re.compile(r'\d+_stage(\d+)_block(\d+)$')
+
+
+def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.ConfigDict) -> None:
+    """Raises ValueError (one line) unless `deep` (config.model) can hold `shallow`'s solution."""
+    for key in SAME_KEYS:
+        if shallow[key] != deep[key]:
+            raise ValueError(
+                f'train.init_from: the source run has model.{key}={shallow[key]!r}, this run '
+                f'{deep[key]!r}; they must agree'
+            )
+    if deep.family != 'cifar' or deep.preactivation:
+        raise ValueError(
+            'train.init_from: the identity construction is for post-activation CIFAR-family '
+            'nets (model.family=cifar, model.preactivation=False)'
+        )
+    if deep.depth <= shallow.depth:
+        raise ValueError(
+            f'train.init_from: this run (depth {deep.depth}) must be deeper than the source '
+            f'run (depth {shallow.depth})'
+        )
+
+
+def check_source(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError (one line) unless `train.init_from` is a resjax run whose model this
+    config's can extend (reads its config.json only: cheap, before anything compiles)."""
+    from resjax import inspection
+
+    try:
+        source = inspection.load_config(config.train.init_from)
+    except inspection.InspectError as e:
+        raise ValueError(f'train.init_from: {e}') from None
+    check_compatible(source.model, config.model)
+
+
+def _stage_blocks(params: PyTree) -> dict[int, list[str]]:
+    """{stage: [block names in forward order]} of a CIFAR-family parameter tree."""
+    stages: dict[int, list[str]] = {}
+    for name in sorted(params):
+        match = _BLOCK.match(name)
+        if match:
+            stages.setdefault(int(match[1]), []).append(name)
+    return stages
+
+
+def _dirac(kernel: jax.Array) -> jax.Array:
+    k, _, cin, cout = kernel.shape
+    assert cin == cout, kernel.shape
+    return jnp.zeros_like(kernel).at[k // 2, k // 2].set(jnp.eye(cin, dtype=kernel.dtype))
+
+
+def _identity_block(
+    params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array, residual: bool
+) -> tuple[PyTree, PyTree]:
+    """A block's (params, batch_stats) set to the identity for inputs with these per-channel
+    statistics (module docstring)."""
+    params = flax.core.unfreeze(params)
+    stats = flax.core.unfreeze(stats)
+    convs = sorted(k for k in params if k.startswith('conv'))
+    for name in convs:
+        params[name]['kernel'] = _dirac(params[name]['kernel'])
+        if 'bias' in params[name]:
+            params[name]['bias'] = jnp.zeros_like(params[name]['bias'])
+    for i in range(1, len(convs) + 1):
+        norm = f'norm{i}'
+        if norm not in params:
+            continue  # model.norm='none'
+        zero_branch = residual and i == len(convs)
+        scale = jnp.zeros_like(mean) if zero_branch else jnp.sqrt(var + BN_EPSILON)
+        offset = jnp.zeros_like(mean) if zero_branch else mean
+        params[norm]['bn'] = {'scale': scale, 'bias': offset}
+        stats[norm]['bn'] = {'mean': mean, 'var': var}
+    return params, stats
+
+
+def block_input_moments(
+    model: Any, variables: PyTree, images: np.ndarray, batch: int = 256
+) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """{stem or block name: (per-channel mean, variance)} of its output over `images` (eval
+    mode), averaged over examples and pixels, in float32."""
+    apply = jax.jit(lambda x: model.apply(variables, x, train=False, mutable=['intermediates'])[1])
+    sums: dict[str, list] = {}
+    for start in range(0, len(images), batch):
+        inter = flax.traverse_util.flatten_dict(apply(images[start : start + batch]), sep='/')
+        for path, (h,) in inter.items():
+            if not path.endswith('/output'):
+                continue
+            name = path.split('/')[-2]
+            h = h.astype(jnp.float32).reshape(-1, h.shape[-1])
+            acc = sums.setdefault(name, [0, 0.0, 0.0])
+            acc[0] += h.shape[0]
+            acc[1] = acc[1] + jnp.sum(h, 0)
+            acc[2] = acc[2] + jnp.sum(h * h, 0)
+    out = {}
+    for name, (n, s, sq) in sums.items():
+        mean = s / n
+        out[name] = (mean, jnp.maximum(sq / n - mean * mean, 0.0))
+    return out
+
+
+def extend(
+    shallow_model: Any,
+    shallow_variables: PyTree,
+    deep_variables: PyTree,
+    images: np.ndarray,
+    residual: bool,
+) -> PyTree:
+    """Deep {'params', 'batch_stats'} holding the shallow net's solution (module docstring).
+    `deep_variables` gives the deep tree's structure (any init); `images` calibrate BN."""
+    moments = block_input_moments(shallow_model, shallow_variables, images)
+    sp, ss = shallow_variables['params'], shallow_variables.get('batch_stats', {})
+    params = flax.core.unfreeze(deep_variables['params'])
+    stats = flax.core.unfreeze(deep_variables.get('batch_stats', {}))
+    shallow_stages, deep_stages = _stage_blocks(sp), _stage_blocks(params)
+    for name in params:
+        if not _BLOCK.match(name):  # stem, head
+            params[name] = sp[name]
+            if name in stats:
+                stats[name] = ss[name]
+    for stage, names in deep_stages.items():
+        source = shallow_stages[stage]
+        for b, name in enumerate(names):
+            if b < len(source):
+                params[name] = sp[source[b]]
+                if name in stats:
+                    stats[name] = ss[source[b]]
+            else:
+                mean, var = moments[source[-1]]
+                params[name], block_stats = _identity_block(
+                    params[name], stats.get(name, {}), mean, var, residual
+                )
+                if name in stats:
+                    stats[name] = block_stats
+    # Every leaf its own buffer: added blocks share their statistics' arrays, and the training
+    # step donates the state (one buffer donated twice is an error).
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), {'params': params, 'batch_stats': stats})
+
+
+def initial_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+) -> steps.TrainState:
+    """The run's step-0 state: `steps.create_train_state` from `config.seed`, or, with
+    `train.init_from`, that state with params and BN statistics replaced by the constructed
+    solution of the source run's latest checkpoint (optimizer state fresh). Deterministic, so
+    a resumed run recomputes it for the `init_distance/` probes. Raises ValueError (one line)
+    for a source that cannot be read or does not fit."""
+    state = steps.create_train_state(model, tx, image_shape, config.seed)
+    if not config.train.init_from:
+        return state
+    from resjax import inspection  # Reads checkpoints read-only; heavy, so only here.
+
+    try:
+        source = inspection.load_run(config.train.init_from, batch=256)
+    except inspection.InspectError as e:
+        raise ValueError(f'train.init_from: {e}') from None
+    check_compatible(source.config.model, config.model)
+    if source.dataset.image_shape != tuple(image_shape):
+        raise ValueError(
+            f'train.init_from: the source run saw images of shape {source.dataset.image_shape}, '
+            f'this run {tuple(image_shape)}'
+        )
+    images = inspection.train_examples(source, CALIBRATION_EXAMPLES)['image']
+    shallow = {'params': source.state.params, 'batch_stats': source.state.batch_stats}
+    deep = extend(
+        source.model,
+        shallow,
+        {'params': state.params, 'batch_stats': state.batch_stats},
+        images,
+        config.model.residual,
+    )
+    return state.replace(
+        params=deep['params'], batch_stats=deep['batch_stats'], opt_state=tx.init(deep['params'])
+    )

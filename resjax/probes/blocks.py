@@ -1,0 +1,121 @@
+"""Block probes: what does each block do to its input, and how far has it moved?
+
+They test the usual answers to "why is a residual easier to learn?" (README, "What the question
+asks"): (a) deep blocks only need small changes, which a residual block makes with a small
+branch F(x) while a plain block must build a near-identity out of nonlinear layers; (c) the
+plain net ends up far from where it started. Pure functions of the activations a model sows
+(`resjax.models.resnet`: each stem and block `output`, and a residual block's `branch` F(x) and
+`shortcut`) and of two parameter trees. All norms are L2 over every element, batch included.
+
+Metric names (blocks sort in forward order, e.g. `001_stage1_block1`; `k-1` is the block before,
+the stem for the first block):
+
+- `branch_ratio/<block>`: ||F(x)|| / ||shortcut(x)||, residual blocks only: the size of the
+  residual branch (after its last BN, before the add) against what the shortcut carries.
+- `block_change/<block>`: ||h_k - P h_{k-1}|| / ||P h_{k-1}|| with h the block outputs (after the
+  final ReLU). P is the identity, or for a block that changes the shape the parameter-free
+  map of option A (every other pixel, new channels zero): the change from "doing nothing".
+  Defined alike for plain and residual nets.
+- `cka/<block>`: linear CKA (Kornblith et al. 2019, eq. 5, with centred features) between
+  h_{k-1} and h_k, one example per row: 1 means the two represent the examples alike up to a
+  rotation and scale; `cka_matrix` gives every pair of blocks.
+- `init_distance/<layer>`: ||W_t - W_0|| / ||W_0|| of each conv and dense layer (kernel and bias
+  together) from the run's initial parameters (a constructed run's: its identity blocks);
+  `init_distance/global` over every parameter, BN's included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from resjax.probes import signals
+
+PyTree = Any
+
+
+def _flat(tree: PyTree) -> dict[str, Any]:
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+def block_outputs(intermediates: PyTree) -> list[tuple[str, jax.Array]]:
+    """(name, output) of the stem and of every block, in forward order (names sort so), from
+    a sown 'intermediates' collection; the logits are not a block."""
+    return [
+        (path.rsplit('/', 1)[0], value[0])
+        for path, value in sorted(_flat(intermediates).items())
+        if path.endswith('/output')
+    ]
+
+
+def to_shape(h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The parameter-free identity of option A from NHWC `h` to `shape`: every s-th pixel
+    (s = the spatial ratio), zero channels appended. The identity if the shapes agree."""
+    stride = h.shape[1] // shape[1]
+    if stride > 1:
+        h = h[:, ::stride, ::stride, :]
+    if h.shape[-1] < shape[-1]:
+        h = jnp.pad(h, ((0, 0), (0, 0), (0, 0), (0, shape[-1] - h.shape[-1])))
+    if h.shape != tuple(shape):
+        raise ValueError(f'no option-A identity from shape {h.shape} to {tuple(shape)}')
+    return h
+
+
+def linear_cka(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Linear CKA of two representations of the same n examples (first axis; the rest are
+    flattened): <K, L>_F / (||K||_F ||L||_F) with K, L the Gram matrices of the centred
+    features. Invariant to rotations and isotropic scaling of either; float32."""
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    y = y.reshape(y.shape[0], -1).astype(jnp.float32)
+    x = x - jnp.mean(x, axis=0)
+    y = y - jnp.mean(y, axis=0)
+    gx, gy = x @ x.T, y @ y.T
+    return jnp.sum(gx * gy) / jnp.sqrt(jnp.sum(gx * gx) * jnp.sum(gy * gy))
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+
+
+def block_signals(intermediates: PyTree) -> dict[str, jax.Array]:
+    """`branch_ratio/`, `block_change/` and `cka/` of every block (module docstring) from the
+    'intermediates' collection of one forward pass (training or eval mode: the caller's)."""
+    out = {}
+    outputs = block_outputs(intermediates)
+    for (_, before), (name, after) in zip(outputs, outputs[1:]):
+        start = to_shape(before, after.shape)
+        out[f'block_change/{name}'] = _norm(after - start) / _norm(start)
+        out[f'cka/{name}'] = linear_cka(before, after)
+    flat = _flat(intermediates)
+    for path in sorted(flat):
+        if path.endswith('/branch'):
+            block = path.rsplit('/', 1)[0]
+            out[f'branch_ratio/{block}'] = _norm(flat[path][0]) / _norm(
+                flat[f'{block}/shortcut'][0]
+            )
+    return out
+
+
+def cka_matrix(intermediates: PyTree) -> tuple[list[str], jax.Array]:
+    """(names, B x B matrix) of linear CKA between every pair of stem and block outputs."""
+    outputs = block_outputs(intermediates)
+    feats = [h.reshape(h.shape[0], -1) for _, h in outputs]
+    matrix = jnp.array([[linear_cka(a, b) for b in feats] for a in feats])
+    return [n for n, _ in outputs], matrix
+
+
+def init_distance(params: PyTree, initial: PyTree) -> dict[str, jax.Array]:
+    """`init_distance/<layer>` (conv and dense layers) and `init_distance/global`."""
+    moved = jax.tree.map(jnp.subtract, params, initial)
+    layers = signals.weight_layers(params)
+    d, w = signals.layer_norms(moved, layers), signals.layer_norms(initial, layers)
+    out = {f'init_distance/{name}': d[name] / w[name] for name in layers}
+    out['init_distance/global'] = _norm_tree(moved) / _norm_tree(initial)
+    return out
+
+
+def _norm_tree(tree: PyTree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

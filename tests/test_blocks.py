@@ -1,0 +1,159 @@
+"""Block probes (resjax.probes.blocks) and the constructed identity (resjax.construct), each
+against an independent computation."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resjax import construct
+from resjax.models.resnet import BasicBlock, ResNet
+from resjax.probes import blocks
+
+
+def _net(depth, residual, norm='batch'):
+    n = (depth - 2) // 6
+    return ResNet(10, (n, n, n), widths=(4, 8, 16), residual=residual, norm=norm)
+
+
+def _randomise(variables, key):
+    """Trained-looking variables: BN scales, offsets and running statistics away from their
+    init, so that identities cannot pass by accident."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+    keys = jax.random.split(key, len(flat))
+    out = {}
+    for k, (path, v) in zip(keys, flat.items()):
+        if path[-1] in ('scale', 'var'):
+            v = jax.random.uniform(k, v.shape, minval=0.5, maxval=1.5)
+        elif path[-1] in ('bias', 'mean'):
+            v = 0.3 * jax.random.normal(k, v.shape)
+        out[path] = v
+    return flax.traverse_util.unflatten_dict(out)
+
+
+def _intermediates(model, variables, x, train=False):
+    mutable = ['intermediates'] + (['batch_stats'] if train else [])
+    return model.apply(variables, x, train=train, mutable=mutable)[1]['intermediates']
+
+
+def _np_cka(x, y):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def test_linear_cka_matches_the_feature_space_formula_and_its_invariances():
+    kx, ky, kq = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (32, 20))
+    y = x[:, :12] @ jax.random.normal(ky, (12, 30)) + 0.5 * jax.random.normal(kq, (32, 30))
+    assert float(blocks.linear_cka(x, y)) == pytest.approx(_np_cka(x, y), rel=1e-5)
+    q, _ = jnp.linalg.qr(jax.random.normal(kq, (20, 20)))
+    assert float(blocks.linear_cka(x, 3.0 * x @ q + 1.0)) == pytest.approx(1.0, abs=1e-5)
+    assert float(blocks.linear_cka(x, y)) < 0.99
+
+
+def test_block_signals_match_an_independent_forward():
+    model = _net(8, residual=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 3))
+    variables = _randomise(model.init(jax.random.PRNGKey(2), x, train=False), jax.random.PRNGKey(3))
+    inter = _intermediates(model, variables, x)
+    out = blocks.block_signals(inter)
+    h = {name: np.asarray(v, np.float64) for name, v in blocks.block_outputs(inter)}
+    assert list(h) == ['000_stem', '001_stage1_block1', '002_stage2_block1', '003_stage3_block1']
+
+    # Branch ratio of block 1 (identity shortcut): F(x) is the plain twin's last response.
+    name = '001_stage1_block1'
+    block_vars = {col: tree[name] for col, tree in variables.items()}
+    twin = BasicBlock(4, residual=False)
+    _, twin_inter = twin.apply(block_vars, h['000_stem'], False, mutable=['intermediates'])
+    branch = np.asarray(twin_inter['intermediates']['response2'][0], np.float64)
+    want = np.linalg.norm(branch) / np.linalg.norm(h['000_stem'])
+    assert float(out[f'branch_ratio/{name}']) == pytest.approx(want, rel=1e-5)
+
+    # Block change through a downsampling block: every other pixel, zero channels.
+    before, after = h['001_stage1_block1'], h['002_stage2_block1']
+    start = np.zeros_like(after)
+    start[..., :4] = before[:, ::2, ::2, :]
+    want = np.linalg.norm(after - start) / np.linalg.norm(start)
+    assert float(out['block_change/002_stage2_block1']) == pytest.approx(want, rel=1e-5)
+    want = _np_cka(before, after)
+    assert float(out['cka/002_stage2_block1']) == pytest.approx(want, rel=1e-4)
+    names, matrix = blocks.cka_matrix(inter)
+    assert names == list(h) and matrix.shape == (4, 4)
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-5)
+    assert float(matrix[1, 2]) == pytest.approx(want, rel=1e-4)
+
+    plain = _net(8, residual=False)
+    plain_out = blocks.block_signals(_intermediates(plain, variables, x))
+    assert not any(k.startswith('branch_ratio/') for k in plain_out)
+    assert sorted(k for k in plain_out if k.startswith('cka/')) == [f'cka/{n}' for n in list(h)[1:]]
+
+
+def test_init_distance_is_the_relative_distance_per_layer():
+    model = _net(8, residual=True)
+    x = jnp.zeros((1, 8, 8, 3))
+    p0 = model.init(jax.random.PRNGKey(0), x, train=False)['params']
+    p1 = model.init(jax.random.PRNGKey(1), x, train=False)['params']
+    out = blocks.init_distance(p1, p0)
+    conv = ('001_stage1_block1', 'conv2', 'kernel')
+    a, b = (np.asarray(p[conv[0]][conv[1]][conv[2]], np.float64) for p in (p1, p0))
+    want = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert float(out['init_distance/001_stage1_block1/conv2']) == pytest.approx(want, rel=1e-5)
+    flat0 = np.concatenate([np.ravel(v) for v in jax.tree.leaves(p0)])
+    flat1 = np.concatenate([np.ravel(v) for v in jax.tree.leaves(p1)])
+    want = np.linalg.norm(flat1 - flat0) / np.linalg.norm(flat0)
+    assert float(out['init_distance/global']) == pytest.approx(want, rel=1e-5)
+    assert float(blocks.init_distance(p0, p0)['init_distance/global']) == 0.0
+
+
+@pytest.mark.parametrize(
+    'residual,norm', [(False, 'batch'), (True, 'batch'), (False, 'none')], ids=str
+)
+def test_constructed_deep_net_computes_the_shallow_net(residual, norm):
+    shallow, deep = _net(8, residual, norm), _net(20, residual, norm)
+    x = jax.random.normal(jax.random.PRNGKey(4), (16, 8, 8, 3))
+    sv = _randomise(shallow.init(jax.random.PRNGKey(5), x, train=False), jax.random.PRNGKey(6))
+    dv = deep.init(jax.random.PRNGKey(7), x, train=False)
+    built = construct.extend(shallow, sv, dv, np.asarray(x), residual)
+    for col in ('params', 'batch_stats'):
+        assert jax.tree.structure(built[col]) == jax.tree.structure(dv.get(col, {}))
+    test = jax.random.normal(jax.random.PRNGKey(8), (16, 8, 8, 3))  # Not the calibration set.
+    want = shallow.apply(sv, test, train=False)
+    got = deep.apply(built, test, train=False)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The added blocks change nothing; the copied ones carry the trained weights.
+    inter = _intermediates(deep, built, test)
+    change = blocks.block_signals(inter)
+    added = ['002_stage1_block2', '003_stage1_block3', '009_stage3_block3']
+    assert all(float(change[f'block_change/{b}']) < 1e-5 for b in added)
+    assert float(change['block_change/001_stage1_block1']) > 0.1
+    kernel = built['params']['002_stage1_block2']['conv1']['kernel']
+    assert float(kernel[1, 1, 2, 2]) == 1.0 and float(jnp.sum(jnp.abs(kernel))) == 4.0
+    if norm == 'batch':
+        # In training mode BN uses batch statistics: no longer exact, but close.
+        train_out, _ = deep.apply(built, x, train=True, mutable=['batch_stats'])
+        train_want, _ = shallow.apply(sv, x, train=True, mutable=['batch_stats'])
+        assert float(jnp.max(jnp.abs(train_out - train_want))) < 0.5 * float(
+            jnp.max(jnp.abs(train_want))
+        )
+
+
+def test_construction_refuses_a_source_it_cannot_extend():
+    import ml_collections
+
+    from resjax import config_lib
+
+    a, b = config_lib.default_config().model, config_lib.default_config().model
+    b.depth = 56
+    construct.check_compatible(a, b)
+    for key, value, words in [
+        ('residual', False, 'model.residual'),
+        ('width', 0.5, 'model.width'),
+        ('depth', 8, 'deeper'),
+    ]:
+        c = ml_collections.ConfigDict(b.to_dict())
+        c[key] = value
+        with pytest.raises(ValueError, match=words):
+            construct.check_compatible(a, c)
