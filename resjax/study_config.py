@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion')
+INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion', 'blocks')
 
 
 def default_study_config() -> ml_collections.ConfigDict:
@@ -17,6 +17,10 @@ def default_study_config() -> ml_collections.ConfigDict:
     s.seeds = (0,)
     s.exclude = ()  # selectors of grid points left out, e.g. 'depth=110 residual=false'
     s.overrides = ()  # '<selector> -> <key>=<value> ...', e.g. 'norm=none -> train.lr=0.02'
+    # He et al. 2015's constructed solution, e.g. '20->56': a plain-56 whose blocks are the
+    # trained plain-20's and whose added blocks are identities (train.init_from), trained with
+    # the same recipe after the grid; one run per norm and seed of the grid.
+    s.constructed = ()
     # Degradation (He et al. 2015) is "reproduced" when the deepest plain net's final training
     # error exceeds the shallowest's by more than this (absolute, fraction of examples).
     s.degradation_margin = 0.005

@@ -56,6 +56,7 @@ def tiny_config():
         'depth=14 -> probes.every_steps=0 probes.hessian_every_steps=0',
         'residual=false -> probes.hessian_every_steps=0',
     )
+    c.study.constructed = ('8->14',)  # plain-14 built from plain-8, probes off as plain-14's.
     s = c.study.inspect
     s.max_depth = 8
     s.examples, s.batch, s.lanczos_order, s.slq_draws, s.grid, s.chunk = 32, 32, 4, 1, 5, 25
@@ -101,7 +102,9 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
         (lambda s: s.__setitem__('widths', (1,)), 'unknown study key'),
         (lambda s: s.inspect.__setitem__('gird', 3), 'unknown study.inspect key'),
         (lambda s: setattr(s, 'norms', ('layer',)), 'study.norms'),
-        (lambda s: setattr(s, 'depths', (21,)), 'run plain21_bn_s0'),
+        (lambda s: s.update(depths=(21,), constructed=()), 'run plain21_bn_s0'),
+        (lambda s: setattr(s, 'constructed', ('14->8',)), 'study.constructed entry'),
+        (lambda s: setattr(s, 'constructed', ('20->56',)), 'no plain-20 to start from'),
         (lambda s: setattr(s, 'overrides', ('norm=none -> train.lrr=1',)), 'unknown config key'),
         (lambda s: setattr(s, 'overrides', ('width=1 -> train.lr=1',)), 'selector term'),
         (lambda s: setattr(s, 'overrides', ('* -> train.lr=fast',)), 'not a float'),
@@ -126,8 +129,12 @@ def test_tiny_study_numbers_match_metrics(tiny):
     with open(os.path.join(workdir, 'findings.json')) as f:
         saved = json.load(f)
     assert saved['missing'] == []
-    names = ['plain8_bn_s0', 'resnet8_bn_s0', 'plain14_bn_s0']
+    names = ['plain8_bn_s0', 'resnet8_bn_s0', 'plain14_bn_s0', 'plain14from8_bn_s0']
     assert sorted(saved['runs']) == sorted(names)
+    with open(os.path.join(workdir, 'runs', 'plain14from8_bn_s0', 'config.json')) as f:
+        built = json.load(f)
+    assert built['train']['init_from'] == os.path.join(workdir, 'runs', 'plain8_bn_s0')
+    assert (built['model']['depth'], built['train']['lr']) == (14, 0.03)  # plain-14's recipe.
     with open(os.path.join(workdir, 'runs', 'plain14_bn_s0', 'config.json')) as f:
         assert json.load(f)['train']['lr'] == 0.03  # The override reached the run.
     for name in names:
@@ -138,7 +145,7 @@ def test_tiny_study_numbers_match_metrics(tiny):
         eval_acc = [r['eval/accuracy'] for r in rows if 'eval/accuracy' in r]
         assert got['final_train_error'] == pytest.approx(1 - train_acc[-1], abs=1e-12)
         assert got['final_test_error'] == pytest.approx(1 - eval_acc[-1], abs=1e-12)
-        if name == 'plain14_bn_s0':
+        if name.startswith('plain14'):
             assert got['init_grad_ratio'] is None and got['final_lambda_max'] is None
             continue
         init = next(r for r in rows if r['step'] == 0 and 'grad_norm/global' in r)
@@ -172,6 +179,32 @@ def test_tiny_study_numbers_match_metrics(tiny):
     intact = lesion['ResNet-8']['test_error_intact']
     assert findings['lesion']['numbers']['ResNet-8']['intact'] == intact
     assert f'ResNet-8: intact {100 * intact:.2f}%' in findings['lesion']['text']
+    # The question's answers: numbers read off the runs' last probe rows and final errors.
+    last = lambda name: max(  # noqa: E731
+        (r for r in read_rows(os.path.join(workdir, 'runs', name)) if 'cka/001_stage1_block1' in r),
+        key=lambda r: r['step'],
+    )
+    median = lambda row, prefix: float(  # noqa: E731
+        np.median([v for k, v in row.items() if k.startswith(prefix + '/')])
+    )
+    q = findings['question_residual']['numbers']
+    assert q['resnet_branch_ratio_median'] == pytest.approx(
+        median(last('resnet8_bn_s0'), 'branch_ratio')
+    )
+    assert q['plain_cka_median'] == pytest.approx(median(last('plain8_bn_s0'), 'cka'))
+    q = findings['question_places']['numbers']
+    assert q['plain_global'] == last('plain8_bn_s0')['init_distance/global'] > 0
+    q = findings['question_solver']['numbers']
+    assert q['source_final_train_error'] == saved['runs']['plain8_bn_s0']['final_train_error']
+    assert q['built_final_train_error'] == saved['runs']['plain14from8_bn_s0']['final_train_error']
+    assert q['random_init_final_train_error'] == p14
+    for fid in ('question_gradients', 'question_residual', 'question_solver', 'question_places'):
+        assert findings[fid]['verdict'] != 'not available', findings[fid]['text']
+        assert findings[fid]['text'] in report
+    assert '## What the question asks, and what the runs say' in report
+    blocks = json.load(open(os.path.join(workdir, 'inspect', 'blocks', 'blocks.json')))
+    assert set(blocks) == {'plain-8', 'ResNet-8'}
+    assert np.allclose(np.diag(blocks['plain-8']['cka_matrix']), 1.0, atol=1e-5)
     spectrum = json.load(open(os.path.join(workdir, 'inspect', 'spectrum', 'spectrum.json')))
     assert findings['spectrum']['numbers']['plain-8']['ritz_max'] == spectrum['plain-8']['ritz_max']
 
@@ -179,7 +212,7 @@ def test_tiny_study_numbers_match_metrics(tiny):
 def test_tiny_study_figures_are_real_images(tiny):
     _, workdir, result = tiny
     figures = result['figures']
-    assert sorted(figures, key=int) == [str(n) for n in range(1, 8)]
+    assert sorted(figures, key=int) == [str(n) for n in range(1, 13)]
     for number, fig in figures.items():
         image = matplotlib.image.imread(fig['path'])
         assert image.shape[:2] == (fig['height'], fig['width']), number
@@ -189,7 +222,7 @@ def test_tiny_study_figures_are_real_images(tiny):
         assert os.path.exists(fig['path'][: -len('.png')] + '.json')
     with open(os.path.join(workdir, 'report.html')) as f:
         page = f.read()
-    assert page.count('src="data:image/png;base64,') == 7
+    assert page.count('src="data:image/png;base64,') == 12
     assert 'src="figures/' not in page and 'Findings' in page
 
 

@@ -11,6 +11,10 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
   e.g. `'norm=none -> train.lr=0.02'`, applied in order to the runs the selector matches. A
   selector is space-separated `depth=`, `residual=`, `norm=`, `seed=` terms, all of which
   must match (`*` alone matches every run).
+- `study.constructed`: He et al. 2015's constructed solution, entries `'<depth>-><deeper>'`
+  (`'20->56'`): after the grid, a plain net of the deeper depth built from each plain run of
+  the shallow depth (blocks copied, added blocks identities: `resjax.construct`), trained with
+  the same recipe; run `plain56from20_<norm>_s<seed>`.
 - `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
 - `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
   which of them to draw (`figures`).

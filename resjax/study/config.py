@@ -97,6 +97,20 @@ def parse_override(text: str, base: ml_collections.ConfigDict) -> Override:
     return Override(selector, assignments)
 
 
+def parse_constructed(text: str) -> tuple[int, int]:
+    """`'20->56'` -> (20, 56): the shallow run's depth and the constructed net's."""
+    left, sep, right = text.partition('->')
+    try:
+        shallow, deep = int(left), int(right)
+    except ValueError:
+        shallow = deep = 0
+    if not sep or shallow <= 0 or deep <= shallow:
+        raise StudyError(
+            f'study.constructed entry {text!r}: use "<depth>-><deeper depth>", e.g. "20->56"'
+        )
+    return shallow, deep
+
+
 def validate_study_config(config: ml_collections.ConfigDict) -> None:
     """Raises StudyError (one line) for a config that is not a study: no `study` block,
     unknown keys in it, empty or impossible grid values, bad overrides or inspection sizes."""
@@ -141,5 +155,12 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
         raise StudyError(f'study.degradation_margin={s.degradation_margin} must be in [0, 1)')
     for text in s.overrides:
         parse_override(text, config)
+    for text in s.constructed:
+        shallow, deep = parse_constructed(text)
+        if shallow not in s.depths or False not in s.residual:
+            raise StudyError(
+                f'study.constructed entry {text!r}: the grid has no plain-{shallow} to start from '
+                f'(study.depths={tuple(s.depths)}, study.residual={tuple(s.residual)})'
+            )
     for text in s.exclude:
         parse_selector(text, f'study.exclude entry {text!r}')

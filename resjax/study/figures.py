@@ -221,3 +221,180 @@ def inspection_figure(workdir: str, figure: str) -> tuple[dict | None, dict | No
         return None, None
     height, width = plt.imread(path).shape[:2]
     return {'path': path, 'width': int(width), 'height': int(height)}, numbers
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 8-11: the block probes and the constructed run (the question's second half).
+
+
+def _question_runs(runs: list[RunData]) -> list[RunData]:
+    """The first norm's and seed's runs with probe rows: grid nets, then constructed ones."""
+    runs = [r for r in runs if r.probe_rows()]
+    if not runs:
+        return []
+    norm, seed = _norms(runs)[0], min(r.spec.seed for r in runs)
+    return [r for r in runs if r.spec.norm == norm and r.spec.seed == seed]
+
+
+def _style(runs: list[RunData], run: RunData) -> dict:
+    """Grid nets by `_net_color`; a constructed run green, dash-dotted."""
+    if run.spec.source:
+        return {'color': 'tab:green', 'ls': '-.'}
+    return {'color': _net_color([r for r in runs if not r.spec.source], run), 'ls': '-'}
+
+
+def _last(run: RunData) -> tuple[int, dict]:
+    rows = run.probe_rows()
+    return max(rows), rows[max(rows)]
+
+
+def figure_blocks(runs: list[RunData], fig_dir: str) -> dict | None:
+    """Fig. 8: what each block does at the last probe (training-mode BN, the probe batch): the
+    relative change it makes to its input (every net), and the residual branch ratio
+    ||F(x)|| / ||x|| (residual nets; dotted: at init)."""
+    runs = [r for r in _question_runs(runs) if signals.profile(_last(r)[1], 'block_change')[0]]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    numbers = {}
+    for r in runs:
+        step, row = _last(r)
+        style = _style(runs, r)
+        _, change = signals.profile(row, 'block_change')
+        axes[0].semilogy(range(1, len(change) + 1), change, marker='.', label=r.spec.label, **style)
+        numbers[r.spec.name] = {'step': step, 'block_change': change}
+        _, branch = signals.profile(row, 'branch_ratio')
+        if branch:
+            axes[1].semilogy(range(1, len(branch) + 1), branch, marker='.', label=r.spec.label,
+                             **style)  # fmt: skip
+            _, first = signals.profile(r.probe_rows()[min(r.probe_rows())], 'branch_ratio')
+            axes[1].semilogy(range(1, len(first) + 1), first, ':', color=style['color'], lw=1)
+            numbers[r.spec.name].update(branch_ratio=branch, branch_ratio_first=first)
+    axes[0].set_title('change a block makes: ||h_k - h_(k-1)|| / ||h_(k-1)||', fontsize=10)
+    axes[1].set_title('residual branch ||F(x)|| / ||x|| (dotted: first probe)', fontsize=10)
+    for ax in axes:
+        ax.set_xlabel('block (forward order)')
+        ax.grid(True, which='both', alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig8_blocks', numbers)
+
+
+def figure_cka(runs: list[RunData], fig_dir: str) -> dict | None:
+    """Fig. 9: linear CKA between consecutive block outputs at the last probe (solid) and the
+    first (dotted): how alike a block's output is to its input, as representations."""
+    runs = [r for r in _question_runs(runs) if signals.profile(_last(r)[1], 'cka')[0]]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    numbers = {}
+    for r in runs:
+        step, row = _last(r)
+        style = _style(runs, r)
+        _, cka = signals.profile(row, 'cka')
+        _, first = signals.profile(r.probe_rows()[min(r.probe_rows())], 'cka')
+        ax.plot(range(1, len(cka) + 1), cka, marker='.', label=r.spec.label, **style)
+        ax.plot(range(1, len(first) + 1), first, ':', color=style['color'], lw=1)
+        numbers[r.spec.name] = {'step': step, 'cka': cka, 'cka_first': first}
+    ax.set_title('linear CKA(h_(k-1), h_k), last probe (dotted: first)', fontsize=10)
+    ax.set_xlabel('block (forward order)')
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig9_cka', numbers)
+
+
+def figure_distance(runs: list[RunData], fig_dir: str) -> dict | None:
+    """Fig. 10: distance from init ||theta_t - theta_0|| / ||theta_0||: all parameters over
+    training (left), each conv and dense layer at the last probe (right)."""
+    runs = [r for r in _question_runs(runs) if len(r.series('init_distance/global')[0])]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    numbers = {}
+    for r in runs:
+        style = _style(runs, r)
+        steps, dist = r.series('init_distance/global')
+        axes[0].plot(steps, dist, marker='.', label=r.spec.label, **style)
+        step, row = _last(r)
+        _, layers = signals.profile(row, 'init_distance')
+        axes[1].semilogy(range(1, len(layers) + 1), layers, marker='.', label=r.spec.label,
+                         **style)  # fmt: skip
+        numbers[r.spec.name] = {
+            'steps': steps.tolist(),
+            'global': dist.tolist(),
+            'last_step': step,
+            'layers': layers,
+        }
+    axes[0].set_title('distance from init, all parameters', fontsize=10)
+    axes[0].set_xlabel('step')
+    axes[1].set_title('distance from init per layer, last probe', fontsize=10)
+    axes[1].set_xlabel('conv / dense layer (forward order)')
+    for ax in axes:
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig10_distance', numbers)
+
+
+def figure_constructed(runs: list[RunData], fig_dir: str) -> dict | None:
+    """Fig. 11: the constructed run. Left: training error over steps of the constructed run,
+    its source (dotted line: the source's final error), and the random-init nets of its depth.
+    Right: its added blocks over training: the change they make (median) and their layers'
+    distance from the identity kernels (median)."""
+    built = [r for r in runs if r.spec.source and r.rows]
+    if not built:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    numbers = {}
+    for b in built:
+        source = next(r for r in runs if r.spec.name == b.spec.source)
+        peers = [
+            r
+            for r in runs
+            if not r.spec.source
+            and r.spec.depth == b.spec.depth
+            and (r.spec.norm, r.spec.seed) == (b.spec.norm, b.spec.seed)
+        ]
+        for r in [source, *peers, b]:
+            steps, acc = r.series('train/accuracy')
+            style = _style(runs, r)
+            axes[0].plot(steps, 100 * (1 - acc), label=r.spec.label, **style)
+            numbers.setdefault(
+                r.spec.name, {'steps': steps.tolist(), 'train_error': (1 - acc).tolist()}
+            )
+        _, acc = source.series('train/accuracy')
+        if len(acc):
+            axes[0].axhline(100 * (1 - acc[-1]), color='k', ls=':', lw=1)
+        per_stage = (source.spec.depth - 2) // 6
+        rows = b.probe_rows()
+        steps, change, moved = [], [], []
+        for step, row in sorted(rows.items()):
+            names = [k.split('/', 1)[1] for k in row if k.startswith('block_change/')]
+            added = [n for n in names if int(n.rsplit('block', 1)[1]) > per_stage]
+            c = [row[f'block_change/{n}'] for n in added]
+            m = [v for k, v in row.items() if k.startswith('init_distance/')
+                 and k.split('/')[1] in added]  # fmt: skip
+            if c and m:
+                steps.append(step)
+                change.append(float(np.median(c)))
+                moved.append(float(np.median(m)))
+        axes[1].plot(steps, change, 'o-', color='tab:green', label='added blocks: block change')
+        axes[1].plot(
+            steps, moved, 's--', color='tab:olive', label='added layers: ||W - I|| / ||I||'
+        )
+        numbers[b.spec.name].update(
+            added_steps=steps, added_block_change=change, added_init_distance=moved
+        )
+    axes[0].set_title('training error (dotted: the source net at its end)', fontsize=10)
+    axes[0].set_xlabel('step')
+    axes[0].set_ylabel('training error (%)')
+    axes[1].set_title('how far the added identity blocks drift (medians)', fontsize=10)
+    axes[1].set_xlabel('step')
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig11_constructed', numbers)

@@ -16,6 +16,7 @@ from resjax.metrics import read_metrics
 from resjax.study.config import (
     Override,
     StudyError,
+    parse_constructed,
     parse_override,
     parse_selector,
     validate_study_config,
@@ -35,24 +36,28 @@ class RunSpec:
     seed: int
     config: ml_collections.ConfigDict
     workdir: str
+    source: str | None = None  # A constructed run: the grid run it starts from.
 
     @property
     def label(self) -> str:
         """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
-        library labels its figures' runs the same way)."""
-        return models.run_label(self.config.model)
+        library labels its figures' runs the same way); a constructed run's says so."""
+        label = models.run_label(self.config.model)
+        return f'{label} built from {self.source}' if self.source else label
 
     @property
-    def group(self) -> tuple[int, bool, str]:
-        """The grid point without the seed: runs of one group are averaged in findings."""
-        return (self.depth, self.residual, self.norm)
+    def group(self) -> tuple[int, bool, str] | None:
+        """The grid point without the seed: runs of one group are averaged in findings (None
+        for a constructed run: it is not a grid point)."""
+        return None if self.source else (self.depth, self.residual, self.norm)
 
 
-def run_name(depth: int, residual: bool, norm: str, seed: int) -> str:
-    """`plain56_bn_s0`, `resnet20_nobn_s1`: the run's directory under `<workdir>/runs/`."""
-    return (
-        f'{"resnet" if residual else "plain"}{depth}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
-    )
+def run_name(depth: int, residual: bool, norm: str, seed: int, source_depth: int = 0) -> str:
+    """`plain56_bn_s0`, `resnet20_nobn_s1`, `plain56from20_bn_s0` (constructed from plain-20):
+    the run's directory under `<workdir>/runs/`."""
+    kind = 'resnet' if residual else 'plain'
+    built = f'from{source_depth}' if source_depth else ''
+    return f'{kind}{depth}{built}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
 
 
 def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec]:
@@ -80,16 +85,7 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
     for depth, residual, norm, seed in sorted(
         points, key=lambda p: (order[p[2]], p[0], p[1], p[3])
     ):
-        c = ml_collections.ConfigDict(base)
-        c.model.depth, c.model.residual, c.model.norm, c.seed = depth, residual, norm, seed
-        for o in overrides:
-            if o.matches(depth, residual, norm, seed):
-                for key, value in o.assignments.items():
-                    *path, leaf = key.split('.')
-                    node = c
-                    for p in path:
-                        node = node[p]
-                    node[leaf] = value
+        c = run_config(base, overrides, depth, residual, norm, seed)
         name = run_name(depth, residual, norm, seed)
         try:
             train.validate_config(c)
@@ -100,7 +96,61 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
                 name, depth, residual, norm, seed, c.lock(), os.path.join(workdir, 'runs', name)
             )
         )
-    return specs
+    return specs + _constructed_specs(s, base, overrides, specs, workdir)
+
+
+def run_config(
+    base: dict, overrides: list[Override], depth: int, residual: bool, norm: str, seed: int
+) -> ml_collections.ConfigDict:
+    """The training config of one grid point: the base with the grid values and every
+    matching override applied."""
+    c = ml_collections.ConfigDict(base)
+    c.model.depth, c.model.residual, c.model.norm, c.seed = depth, residual, norm, seed
+    for o in overrides:
+        if o.matches(depth, residual, norm, seed):
+            for key, value in o.assignments.items():
+                *path, leaf = key.split('.')
+                node = c
+                for p in path:
+                    node = node[p]
+                node[leaf] = value
+    return c
+
+
+def _constructed_specs(
+    s: ml_collections.ConfigDict,
+    base: dict,
+    overrides: list[Override],
+    grid: list[RunSpec],
+    workdir: str,
+) -> list[RunSpec]:
+    """The `study.constructed` runs, after the grid: for each entry and each (norm, seed) of
+    the grid's plain runs of the shallow depth, the deeper plain net built from that run, with
+    the recipe (overrides included) of a plain net of the deeper depth."""
+    out = []
+    for text in s.constructed:
+        shallow, deep = parse_constructed(text)
+        for source in [g for g in grid if g.depth == shallow and not g.residual]:
+            c = run_config(base, overrides, deep, False, source.norm, source.seed)
+            name = run_name(deep, False, source.norm, source.seed, shallow)
+            try:
+                train.validate_config(c)  # Before init_from: the source may not exist yet.
+            except train.ConfigError as e:
+                raise StudyError(f'run {name}: {e}') from None
+            c.train.init_from = source.workdir
+            out.append(
+                RunSpec(
+                    name,
+                    deep,
+                    False,
+                    source.norm,
+                    source.seed,
+                    c.lock(),
+                    os.path.join(workdir, 'runs', name),
+                    source=source.name,
+                )
+            )
+    return out
 
 
 def run_state(spec: RunSpec) -> str:
@@ -135,13 +185,16 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     """Which runs each inspection figure uses: the spectrum and the 2-D landscape take the
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
     plain net are passed over); the lesion takes every residual net of
-    that norm and seed. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
+    that norm and seed; the block probes take the spectrum's pair and the constructed runs of
+    that depth. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
         s
         for s in specs
         if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
     ]
+    built = [s for s in pool if s.source]
+    pool = [s for s in pool if not s.source]
     if not pool:
         return {}
     plain_depths = {s.depth for s in pool if not s.residual}
@@ -151,6 +204,7 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
         'spectrum': pair,
         'landscape2d': pair,
         'lesion': [s for s in pool if s.residual],
+        'blocks': pair + [s for s in built if s.depth == deepest],
     }
 
 

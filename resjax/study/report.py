@@ -32,7 +32,14 @@ SECTIONS = {
     5: ('Hessian spectral density at the end of training', 'spectrum'),
     6: ('2-D loss landscapes of the deepest nets (Li et al. 2018, Fig. 5)', 'landscape2d'),
     7: ('Lesions of the residual nets (Veit et al. 2016)', 'lesion'),
+    8: ('What a block does: the change it makes and its residual branch', 'fig8_blocks'),
+    9: ('How alike consecutive blocks are (linear CKA)', 'fig9_cka'),
+    10: ('Distance from init', 'fig10_distance'),
+    11: ('The constructed solution (He et al. 2015, Sec. 4.1)', 'fig11_constructed'),
+    12: ('CKA between every pair of blocks, and block probes of the final nets', 'blocks'),
 }
+# Inspection figures: report number -> the inspection probe that draws it.
+INSPECTED = {5: 'spectrum', 6: 'landscape2d', 7: 'lesion', 12: 'blocks'}
 
 
 def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str) -> dict:
@@ -43,16 +50,24 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
     `findings`, `figures` ({number: {'path', 'width', 'height'}}), `missing` (lines).
     """
     runs = collect(specs)
+    grid = [r for r in runs if not r.spec.source]  # Figures 1-4 compare grid points.
     fig_dir = os.path.join(workdir, 'figures')
     figures: dict[int, dict | None] = {
-        1: draw.figure_errors(runs, fig_dir),
-        2: draw.figure_gradients(runs, fig_dir),
-        3: draw.figure_responses(runs, fig_dir),
-        4: draw.figure_sharpness(runs, fig_dir),
+        1: draw.figure_errors(grid, fig_dir),
+        2: draw.figure_gradients(grid, fig_dir),
+        3: draw.figure_responses(grid, fig_dir),
+        4: draw.figure_sharpness(grid, fig_dir),
+        8: draw.figure_blocks(runs, fig_dir),
+        9: draw.figure_cka(runs, fig_dir),
+        10: draw.figure_distance(runs, fig_dir),
     }
+    if config.study.constructed:
+        figures[11] = draw.figure_constructed(runs, fig_dir)
     inspection, targets = {}, inspection_targets(specs, config.study.inspect.max_depth)
     stale = []
-    for number, name in ((5, 'spectrum'), (6, 'landscape2d'), (7, 'lesion')):
+    for number, name in INSPECTED.items():
+        if name not in config.study.inspect.figures:
+            continue
         figures[number], inspection[name] = draw.inspection_figure(workdir, name)
         marker = read_json(os.path.join(workdir, 'inspect', name, 'study_inputs.json'), {})
         want = [
@@ -149,11 +164,33 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
         blocks.append(('h2', 'Missing'))
         blocks.append(('p', 'This study is not complete; what follows shows what exists.'))
         blocks.append(('ul', missing))
+    questions = [f for f in findings if f['question']]
+    if questions:
+        blocks.append(('h2', 'What the question asks, and what the runs say'))
+        blocks.append(
+            (
+                'p',
+                'Do ResNets work because they fix vanishing gradients, and if not, why is a '
+                'residual easier to learn and why does a plain net not close the gap? Each '
+                'answer below gives the numbers from these runs, the rule that decides it, and '
+                'the claim it supports or contradicts; "not available" or "undecided" means the '
+                'runs cannot decide.',
+            )
+        )
+        for f in questions:
+            blocks.append(('h3', f['question']))
+            rule = f' *Rule:* {f["rule"]}.' if f['rule'] else ''
+            blocks.append(
+                ('p', f'**{cap(f["verdict"])}** (Figure {f["figure"]}). {f["text"]}{rule}')
+            )
+            blocks.append(('p', f'*Claim tested:* {f["paper"]}'))
     blocks.append(('h2', 'Findings'))
     blocks.append(
         ('ul', [f'Fig. {f["figure"]}, {f["title"]}: **{f["verdict"]}**' for f in findings])
     )
     for number, (title, _) in SECTIONS.items():
+        if number not in figures:
+            continue  # Not part of this study (no constructed run, figure not asked for).
         blocks.append(('h3', f'Figure {number}: {title}'))
         fig = figures.get(number)
         if fig:
@@ -161,7 +198,7 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
         else:
             blocks.append(('p', '*Not drawn yet: its runs or inspection are missing.*'))
         for f in findings:
-            if f['figure'] == number:
+            if f['figure'] == number and not f['question']:
                 rule = f' *Rule:* {f["rule"]}.' if f['rule'] else ''
                 blocks.append(('p', f'**{cap(f["verdict"])}.** {f["text"]}{rule}'))
                 blocks.append(('p', f'*Paper:* {f["paper"]}'))

@@ -79,6 +79,7 @@ def train_runs(
     returned unfinished (SIGTERM: the loop saved a checkpoint and stopped), True otherwise."""
     status = load_status(workdir)
     todo = [s for s in specs if run_state(s) != 'finished']
+    states = {s.name: run_state(s) for s in specs}
     if not retry_diverged:
         for s in todo:
             if run_state(s) == 'diverged':
@@ -102,6 +103,12 @@ def train_runs(
         logging.info(
             'study: run %d/%d %s (%s%s)', i + 1, len(todo), spec.name, run_state(spec), eta
         )
+        if spec.source and states[spec.source] != 'finished':
+            logging.warning(
+                'study: %s skipped: its source run %s is %s', spec.name, spec.source,
+                states[spec.source],
+            )  # fmt: skip
+            continue
         marker = os.path.join(spec.workdir, DIVERGED)
         if os.path.exists(marker):
             os.remove(marker)
@@ -117,6 +124,7 @@ def train_runs(
         except train.ConfigError as e:
             raise StudyError(f'run {spec.name}: {e}') from None
         seconds = time.perf_counter() - start
+        states[spec.name] = state
         done_cost, done_seconds = done_cost + cost(spec), done_seconds + seconds
         entry = status.setdefault(spec.name, {'seconds': 0.0})
         entry['seconds'] = round(entry['seconds'] + seconds, 1)
