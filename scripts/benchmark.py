@@ -18,7 +18,9 @@ algebraic lambda_max by power iteration to relative tolerance 1e-3, at most `--m
 HVPs plus one for the gradient curvature), timed after its compile. `--torch` adds the same
 model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and bfloat16 by
 autocast on a GPU; channels-last on a GPU). `--pipeline` adds the images/sec of the digits and
-synthetic input pipelines (numpy batches; TFDS is not timed, it needs downloaded data).
+synthetic input pipelines (numpy batches), and with `--image_folder ROOT` that of an image folder
+(`ROOT/{train,test}/<class>/<image>`, e.g. CIFAR-10 as files: decode + CIFAR augmentation, 32x32)
+and its ratio to the step's images/sec. `--width` scales every stage width (`model.width`).
 
 Exit codes: 0 done; 2 bad flags (one line, before anything compiles).
 """
@@ -53,7 +55,11 @@ MAX_HVPS = 20  # As the training probe's default budget, probes.hessian_iters.
 
 
 def model_config(
-    name: str, dtype: str = 'float32', weight_grad: str = 'auto', scan_blocks: bool = False
+    name: str,
+    dtype: str = 'float32',
+    weight_grad: str = 'auto',
+    scan_blocks: bool = False,
+    width: float = 1.0,
 ):
     """`resnet56` / `plain34` -> (config with its `model` block set, image shape, classes).
 
@@ -65,7 +71,7 @@ def model_config(
     config = config_lib.default_config()
     m = config.model
     m.depth, m.residual, m.dtype = int(match[2]), match[1] == 'resnet', dtype
-    m.weight_grad, m.scan_blocks = weight_grad, scan_blocks
+    m.weight_grad, m.scan_blocks, m.width = weight_grad, scan_blocks, width
     if m.depth in IMAGENET_STAGES:  # Before 6n+2: 50 and 152 are both.
         m.family, m.shortcut = 'imagenet', 'projection'
         shape, classes = (224, 224, 3), 1000
@@ -196,10 +202,19 @@ def time_curvature(
     }
 
 
-def time_pipeline(dataset_name: str, batch_size: int, image_shape=None, num_batches: int = 20):
-    """Images/sec of a `resjax.data` in-memory pipeline's train_batches (numpy, host only)."""
+def time_pipeline(
+    dataset_name: str,
+    batch_size: int,
+    image_shape=None,
+    num_batches: int = 20,
+    data_dir: str = '',
+    augment: str = 'none',
+):
+    """Images/sec of a `resjax.data` pipeline's train_batches (numpy, host only), after its
+    first batch (an image folder: its first epoch, files read and decoded)."""
     config = config_lib.default_config()
-    config.dataset.name, config.dataset.augment = dataset_name, 'none'
+    config.dataset.name, config.dataset.augment = dataset_name, augment
+    config.dataset.data_dir = data_dir
     config.train.batch_size = batch_size
     if image_shape is not None:
         config.dataset.image_shape = tuple(image_shape)
@@ -405,6 +420,8 @@ def run_benchmark(
     probes: bool = False,
     torch: bool = False,
     pipeline: bool = False,
+    image_folder: str = '',
+    width: float = 1.0,
     max_hvps: int = MAX_HVPS,
     weight_grads: Sequence[str] = ('auto',),
     scan_blocks: Sequence[bool] = (False,),
@@ -420,7 +437,7 @@ def run_benchmark(
     Every name is validated before anything compiles (ValueError, one line).
     """
     configs = {
-        (name, g, s): model_config(name, dtype, g, s)
+        (name, g, s): model_config(name, dtype, g, s, width)
         for name in model_names
         for g in weight_grads
         for s in scan_blocks
@@ -512,6 +529,12 @@ def run_benchmark(
                 if args not in pipeline_cache:
                     pipeline_cache[args] = time_pipeline(*args)
                 record[key] = pipeline_cache[args]
+            if image_folder:
+                args = ('image_folder', batch_size, None, 200, image_folder, 'cifar')
+                if args not in pipeline_cache:
+                    pipeline_cache[args] = time_pipeline(*args)
+                record['pipeline_folder_images_per_sec'] = pipeline_cache[args]
+                record['folder_over_step'] = pipeline_cache[args] / record['images_per_sec']
         records.append(record)
         elapsed = time.perf_counter() - start
         log(f'  done; ETA {elapsed / (i + 1) * (len(jobs) - i - 1):.0f} s')
@@ -547,6 +570,8 @@ RECORD_COLUMNS = [
     ('torch_hvp_ms', 'torch_hvp_ms', '{:.1f}'),
     ('pipeline_images_per_sec', 'digits_img/s', '{:.0f}'),
     ('pipeline_synthetic_images_per_sec', 'synth_img/s', '{:.0f}'),
+    ('pipeline_folder_images_per_sec', 'folder_img/s', '{:.0f}'),
+    ('folder_over_step', 'folder/step', '{:.1f}'),
 ]
 
 
@@ -577,6 +602,10 @@ def define_flags() -> None:
     flags.DEFINE_bool('hvp', False, 'Also time a gradient vs an HVP, and lambda_max.')
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
     flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')
+    flags.DEFINE_string(
+        'image_folder', '', 'With --pipeline: also time this image folder (CIFAR augmentation).'
+    )
+    flags.DEFINE_float('width', 1.0, 'model.width of every model (stage widths x this).')
     flags.DEFINE_list(
         'weight_grad', ['auto'], 'model.weight_grad setting(s) to compare: auto, xla, stored.'
     )
@@ -602,10 +631,12 @@ def main(argv):
             raise ValueError(f'--scan_blocks={FLAGS.scan_blocks}: use false and/or true')
         if set(FLAGS.xla_options) - {'resjax', 'jax'}:
             raise ValueError(f'--xla_options={FLAGS.xla_options}: use resjax and/or jax')
+        if FLAGS.image_folder and not os.path.isdir(FLAGS.image_folder):
+            raise ValueError(f'--image_folder={FLAGS.image_folder!r} is not a directory')
         for name in FLAGS.models:  # Validates the model config, weight_grad included.
             for weight_grad in FLAGS.weight_grad:
                 for scan in FLAGS.scan_blocks:
-                    model_config(name, weight_grad=weight_grad, scan_blocks=scan == 'true')
+                    model_config(name, 'float32', weight_grad, scan == 'true', FLAGS.width)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
@@ -618,6 +649,8 @@ def main(argv):
         probes=FLAGS.probes,
         torch=FLAGS.torch,
         pipeline=FLAGS.pipeline,
+        image_folder=FLAGS.image_folder,
+        width=FLAGS.width,
         max_hvps=FLAGS.max_hvps,
         weight_grads=FLAGS.weight_grad,
         scan_blocks=[s == 'true' for s in FLAGS.scan_blocks],

@@ -72,3 +72,20 @@ def test_torch_model_matches_parameter_count(benchmark):
         net = benchmark.torch_model(config, classes)
         assert sum(p.numel() for p in net.parameters()) == _num_params(benchmark, name)
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_image_folder_pipeline_and_width(benchmark, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (('train', 6), ('test', 2)):
+        for label in ('cat', 'dog'):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.full((32, 32, 3), 40 * i, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / label / f'{i}.png')
+    rate = benchmark.time_pipeline('image_folder', 4, None, 3, str(tmp_path), 'cifar')
+    assert math.isfinite(rate) and rate > 0
+    half = benchmark.model_config('plain20', width=0.5)[0]
+    model = models.create_model(half.model, 10)
+    assert model.widths == (8, 16, 32)
