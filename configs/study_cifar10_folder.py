@@ -1,0 +1,57 @@
+"""Plain vs residual on real CIFAR-10 images on a 2-core CPU, with the constructed-identity run.
+
+  python scripts/study.py --config configs/study_cifar10_folder.py --workdir runs/study_c10f \
+      --config.dataset.data_dir=ROOT
+
+ROOT holds CIFAR-10 as image files, `ROOT/{train,test}/<class>/<image>` (50,000 and 10,000 PNG
+or JPEG files of 32x32; several public repositories hold such a dump), read by the
+`image_folder` dataset with the paper's CIFAR augmentation (pad 4, random 32x32 crop, flip).
+
+Runs: plain-20, ResNet-20, plain-56, ResNet-56 (BatchNorm, option A), and plain-56 built from
+the trained plain-20 (its blocks copied, the 18 added blocks identities: resjax/construct.py),
+trained further with the same recipe. What is reduced from the paper (64k steps of batch 128,
+widths 16/32/64) so that the study fits in about an hour on 2 CPU cores: widths halved
+(8/16/32, `model.width=0.5`) and 800 steps of batch 128 (about 2 epochs) on a cosine schedule.
+Degradation shows early in training (He et al. 2015, Fig. 1 and 6: the plain nets' curves
+separate from the start), so a short budget can pose the question; it cannot reach the paper's
+error rates. Raise `train.steps` (the study resumes each run) to go further.
+"""
+
+from resjax import config_lib, study_config
+
+
+def get_config(arg=None):
+    config = config_lib.default_config()
+    config.dataset.name = 'image_folder'
+    config.dataset.augment = 'cifar'
+    config.model.width = 0.5
+    config.train.steps = 800
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 500
+    config.train.schedule = 'cosine'
+    config.train.warmup = 'constant'
+    config.train.warmup_steps = 40  # lr/10 first, as the paper's warm-up for its deepest nets.
+    config.train.log_every_steps = 25
+    config.train.eval_every_steps = 400
+    config.train.checkpoint_every_steps = 200
+    config.train.keep_checkpoints = 1
+    config.probes.every_steps = 100
+    config.probes.hessian_every_steps = 200
+    config.probes.hessian_iters = 6
+    config.probes.hessian_batch = 'fixed'
+
+    config.study = study_config.default_study_config()
+    config.study.depths = (20, 56)
+    config.study.residual = (False, True)
+    config.study.norms = ('batch',)
+    config.study.seeds = (0,)
+    config.study.inspect.examples = 512
+    config.study.inspect.batch = 256
+    config.study.inspect.lanczos_order = 16
+    config.study.inspect.slq_draws = 1
+    config.study.inspect.grid = 9
+    config.study.inspect.range = 1.0
+    config = config_lib.finalize(config, arg)
+    if arg and 'smoke' in arg:
+        study_config.shrink_for_smoke(config.study)
+    return config
