@@ -45,6 +45,7 @@ def get_config(arg=None):
     config.study.residual = (False, True)
     config.study.norms = ('batch',)
     config.study.seeds = (0,)
+    config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
     config.study.inspect.examples = 512
     config.study.inspect.batch = 256
     config.study.inspect.lanczos_order = 16
