@@ -262,3 +262,20 @@ def test_script_bad_grid_key_exits_2_in_one_line(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count('\n') == 0 and 'widths' in out.stderr
     assert not np.any([os.path.exists(tmp_path / 'w')])
+
+
+def test_added_block_drift_reads_only_the_added_blocks():
+    from resjax.study.numbers import RunData, added_block_drift
+
+    def row(step, change, moved):
+        r = {'step': step, 'grad_norm/global': 1.0, 'block_change/001_stage1_block1': 9.0}
+        r['init_distance/001_stage1_block1/conv1'] = 9.0
+        for b, (c, m) in enumerate(zip(change, moved), 2):  # blocks 2, 3: added to depth 8
+            r[f'block_change/00{b}_stage1_block{b}'] = c
+            r[f'init_distance/00{b}_stage1_block{b}/conv1'] = m
+        return r
+
+    run = RunData(None, 'finished', [row(0, (0.0, 0.0), (0.0, 0.0)), row(5, (0.1, 0.3), (1, 2))])
+    drift = added_block_drift(run, source_depth=8)
+    assert drift[0] == {'block_change_median': 0.0, 'init_distance_median': 0.0}
+    assert drift[5] == {'block_change_median': pytest.approx(0.2), 'init_distance_median': 1.5}

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from resjax import plots  # noqa: E402
 from resjax.probes import signals  # noqa: E402
 from resjax.study.grid import norm_title, read_json  # noqa: E402
-from resjax.study.numbers import RunData  # noqa: E402
+from resjax.study.numbers import RunData, added_block_drift  # noqa: E402
 
 
 def _save(fig, fig_dir: str, name: str, numbers: dict) -> dict:
@@ -368,19 +368,10 @@ def figure_constructed(runs: list[RunData], fig_dir: str) -> dict | None:
         _, acc = source.series('train/accuracy')
         if len(acc):
             axes[0].axhline(100 * (1 - acc[-1]), color='k', ls=':', lw=1)
-        per_stage = (source.spec.depth - 2) // 6
-        rows = b.probe_rows()
-        steps, change, moved = [], [], []
-        for step, row in sorted(rows.items()):
-            names = [k.split('/', 1)[1] for k in row if k.startswith('block_change/')]
-            added = [n for n in names if int(n.rsplit('block', 1)[1]) > per_stage]
-            c = [row[f'block_change/{n}'] for n in added]
-            m = [v for k, v in row.items() if k.startswith('init_distance/')
-                 and k.split('/')[1] in added]  # fmt: skip
-            if c and m:
-                steps.append(step)
-                change.append(float(np.median(c)))
-                moved.append(float(np.median(m)))
+        drift = added_block_drift(b, source.spec.depth)
+        steps = list(drift)
+        change = [d['block_change_median'] for d in drift.values()]
+        moved = [d['init_distance_median'] for d in drift.values()]
         axes[1].plot(steps, change, 'o-', color='tab:green', label='added blocks: block change')
         axes[1].plot(
             steps, moved, 's--', color='tab:olive', label='added layers: ||W - I|| / ||I||'

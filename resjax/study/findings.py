@@ -18,7 +18,7 @@ import numpy as np
 
 from resjax.probes import signals
 from resjax.study.grid import norm_title
-from resjax.study.numbers import RunData, run_numbers
+from resjax.study.numbers import RunData, added_block_drift, added_blocks, run_numbers
 
 HE_DEGRADATION = (
     'He et al. 2015 (Sec. 4.1, Fig. 6): the deeper plain net has higher training error '
@@ -642,18 +642,8 @@ def question_solver(ev: Evidence) -> Claim | str | None:
     err = 1 - acc
     e_src = n(source, 'final_train_error')
     left = [int(s) for s, e in zip(steps, err) if e > e_src + margin]
-    rows = built.probe_rows()
-    added = _added_blocks(source, built)
-    drift = {}
-    for step, row in sorted(rows.items()):
-        change = [row[f'block_change/{b}'] for b in added if f'block_change/{b}' in row]
-        moved = [v for k, v in row.items() if k.startswith('init_distance/') and
-                 k.split('/')[1] in added]  # fmt: skip
-        if change and moved:
-            drift[step] = {
-                'block_change_median': float(np.median(change)),
-                'init_distance_median': float(np.median(moved)),
-            }
+    added = added_blocks(_last_probe(built), source.spec.depth)
+    drift = added_block_drift(built, source.spec.depth)
     peer = lambda residual: next(  # noqa: E731  (the random-init nets of the built one's depth)
         (
             r
@@ -731,18 +721,6 @@ def question_solver(ev: Evidence) -> Claim | str | None:
         "iff it ends above the source's final training error by more than that margin"
     )
     return Claim(text, rule, verdict, nums)
-
-
-def _added_blocks(source: RunData, built: RunData) -> list[str]:
-    """The constructed run's identity blocks: per stage, those past the source's count."""
-    per_stage = (source.spec.depth - 2) // 6
-    names = [k.split('/', 1)[1] for k in _last_probe(built) if k.startswith('block_change/')]
-    out = []
-    for name in sorted(set(names)):
-        stage_block = name.split('_', 1)[1]  # 'stage2_block7'
-        if int(stage_block.rsplit('block', 1)[1]) > per_stage:
-            out.append(name)
-    return out
 
 
 @finding('question_places', 10, 'Are the two nets in different places?', CLAIM_C,

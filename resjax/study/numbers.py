@@ -79,3 +79,30 @@ def run_numbers(run: RunData) -> dict[str, float | int | None]:
         ):
             out[k] = None
     return out
+
+
+def added_blocks(row: dict, source_depth: int) -> list[str]:
+    """The blocks of a probe row that a constructed run added to its CIFAR-family source of
+    depth `source_depth`: in each stage, those past the source's (depth - 2) / 6."""
+    per_stage = (source_depth - 2) // 6
+    names = {k.split('/', 1)[1] for k in row if k.startswith('block_change/')}
+    return sorted(n for n in names if int(n.rsplit('block', 1)[1]) > per_stage)
+
+
+def added_block_drift(run: RunData, source_depth: int) -> dict[int, dict[str, float]]:
+    """{probe step: medians over a constructed run's added blocks of `block_change` (the
+    change each makes to its input, 0 at step 0 in eval mode) and of their layers'
+    `init_distance` (relative distance from the identity kernels)}."""
+    out = {}
+    for step, row in sorted(run.probe_rows().items()):
+        added = added_blocks(row, source_depth)
+        change = [row[f'block_change/{b}'] for b in added]
+        moved = [
+            v for k, v in row.items() if k.startswith('init_distance/') and k.split('/')[1] in added
+        ]
+        if change and moved:
+            out[step] = {
+                'block_change_median': float(np.median(change)),
+                'init_distance_median': float(np.median(moved)),
+            }
+    return out
