@@ -489,6 +489,7 @@ CLAIM_C = (
 )
 VANISHING_BELOW = 0.1  # first/last gradient-norm ratio under which gradients "vanish"
 FAR_RATIO = 1.2  # plain / residual distance from init beyond which the plain net is "farther"
+SMALL_BRANCH = 0.5  # median ||F(x)|| / ||x|| under which residual branches are "small"
 
 
 def _first_norm(ev: Evidence) -> str:
@@ -588,7 +589,7 @@ def question_residual(ev: Evidence) -> Claim | str:
     }
     if None in nums.values():
         return "block probes (branch_ratio/, block_change/, cka/) in the runs' metrics"
-    small_branch = nums['resnet_branch_ratio_median'] < 1
+    small_branch = nums['resnet_branch_ratio_median'] < SMALL_BRANCH
     smaller_change = nums['resnet_block_change_median'] < nums['plain_block_change_median']
     more_alike = nums['resnet_cka_median'] > nums['plain_cka_median']
     nums.update(small_branch=small_branch, smaller_change=smaller_change, more_alike=more_alike)
@@ -606,13 +607,17 @@ def question_residual(ev: Evidence) -> Claim | str:
         + (
             'So the residual blocks do make small changes and the plain blocks larger ones.'
             if held == 3
-            else f'{held} of the 3 conditions hold.'
+            else f'{held} of the 3 conditions hold'
+            + ('' if small_branch else ': the residual branches are not small')
+            + '.'
         )
     )
     rule = (
-        "supports (a) iff the ResNet's median branch ratio is below 1, its median block change "
-        "is below the plain net's, and its median consecutive CKA above the plain net's; "
-        'contradicts (a) iff none holds'
+        f"supports (a) iff the ResNet's median branch ratio is below {SMALL_BRANCH} (the branch "
+        'at most half of what the shortcut carries), its median block change is below the plain '
+        "net's, and its median consecutive CKA above the plain net's; contradicts (a) iff none "
+        'holds; block change is not scale-invariant (a plain block re-normalises its output), '
+        'CKA is'
     )
     return Claim(text, rule, verdict, nums)
 
