@@ -47,7 +47,7 @@ def get_config(arg=None):
     config.study.seeds = (0,)
     config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
     # The lesion figure is left out: 27 evaluations of the 10,000 test images at depth 56 cost
-    # ~10 minutes here (add 'lesion' back with --config.study.inspect.figures=...).
+    # ~10 minutes here; add 'lesion' to study.inspect.figures to draw it.
     config.study.inspect.figures = ('spectrum', 'landscape2d', 'blocks')
     config.study.inspect.examples = 512
     config.study.inspect.batch = 256
