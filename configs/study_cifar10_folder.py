@@ -46,9 +46,10 @@ def get_config(arg=None):
     config.study.norms = ('batch',)
     config.study.seeds = (0,)
     config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
-    # The lesion figure is left out: 27 evaluations of the 10,000 test images at depth 56 cost
-    # ~10 minutes here; add 'lesion' to study.inspect.figures to draw it.
-    config.study.inspect.figures = ('spectrum', 'landscape2d', 'blocks')
+    # No lesion or 2-D landscape figures: on 2 cores they cost ~10 minutes (27 evaluations of the
+    # 10,000 test images at depth 56) and ~23 minutes (81 grid points x 512 examples x 2 nets);
+    # add 'lesion' or 'landscape2d' to study.inspect.figures to draw them.
+    config.study.inspect.figures = ('spectrum', 'blocks')
     config.study.inspect.examples = 512
     config.study.inspect.batch = 256
     config.study.inspect.lanczos_order = 16
