@@ -489,11 +489,9 @@ def slq(
     """
     alphas, betas = [], []
     for d, draw_key in enumerate(jax.random.split(key, num_draws)):
-        start_key, restart_key = jax.random.split(draw_key)
         label = progress and f'{progress} SLQ draw {d + 1}/{num_draws}'
-        a, b, _ = lanczos(
-            hvp, _draw(start_key, dim, dtype, 'normal'), order, key=restart_key, progress=label
-        )
+        v0 = _draw(draw_key, dim, dtype, 'normal')
+        a, b, _ = lanczos(hvp, v0, order, key=jax.random.fold_in(draw_key, 1), progress=label)
         alphas.append(a)
         betas.append(b)
     return ritz_and_weights(np.stack(alphas), np.stack(betas))
