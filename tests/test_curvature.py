@@ -1,7 +1,5 @@
 """Curvature probes against dense Hessians and quadratics with known spectra."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
