@@ -21,6 +21,13 @@ LAMS_POS = np.array([10.0, 4.0, 4.0, 2.0, 1.0, 0.5, 0.0, 0.0, -0.3, -1.0, -3.0, 
 LAMS_NEG = np.array([10.0, 4.0, 4.0, 2.0, 1.0, 0.5, 0.0, 0.0, -0.3, -1.0, -3.0, -15.0])
 
 
+@pytest.fixture(autouse=True)
+def highest_precision():
+    # Float32 HVPs are compared with float64 references at ~1e-5: no TF32 passes on a GPU.
+    with jax.default_matmul_precision('highest'):
+        yield
+
+
 def quadratic(lams, seed=0, dtype=np.float32):
     """(A, eigenvectors Q) with A = Q diag(lams) Q^T, Q a random orthogonal matrix."""
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(DIM, DIM)))
