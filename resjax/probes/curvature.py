@@ -259,6 +259,8 @@ def power_iteration(
       (eigenvalue of H - shift I, unit eigenvector (normalised H v, one step past the v of the
       quotient), number of HVPs).
     """
+    if num_iters < 1:
+        raise ValueError(f'num_iters={num_iters}: power iteration needs at least one HVP')
     q_prev, n, v = None, 0, v0
     while n < num_iters:
         v = _unit(v)
