@@ -36,9 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import scipy.linalg
 from absl import logging
-from jax.flatten_util import ravel_pytree
 
 from resjax import checkpoint, config_lib, construct, data, landscape, models, optim, steps, xla
 from resjax.probes import blocks, curvature, hessian, signals
@@ -444,65 +442,50 @@ def probe_eval(runs: list[Run], out_dir: str, opts: Options) -> dict:
 # hessian, spectrum
 
 
-def flat_hvp(run: Run, batches: list[dict], bn_mode: str) -> Callable[[jax.Array], jax.Array]:
-    """v -> H v (flat), H the Hessian of the mean loss over `batches` at the checkpoint."""
-    stats = run.state.batch_stats
-
-    def loss_of(params, batch):
-        return hessian.mean_loss_fn(run.model, stats, batch, bn_mode)(params)
-
-    return landscape.make_flat_hvp(loss_of, run.state.params, batches)
+def hessian_of(run: Run, batches: list[dict], bn_mode: str) -> curvature.Hessian:
+    """The Hessian of the mean loss over every unmasked example of `batches` at the checkpoint
+    (`curvature.Hessian`: flat HVPs, batches weighted by example count)."""
+    loss = hessian.probe_loss(run.model, bn_mode)
+    return curvature.Hessian(loss, run.state.params, batches, state=run.state.batch_stats)
 
 
 def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict, jax.Array]:
     """Lanczos extremes and Hutchinson trace of the Hessian of the mean loss at the checkpoint.
 
+    Residuals are ||H y - theta y|| measured with one more HVP per reported Ritz pair.
     Returns (numbers, Ritz vectors of the top `top_k` eigenvalues [k, dim], flat).
     """
-    hvp = flat_hvp(run, batches, opts.bn_mode)
-    flat, _ = ravel_pytree(run.state.params)
+    h = hessian_of(run, batches, opts.bn_mode)
     key = jax.random.PRNGKey(opts.seed)
     t = _Timer()
-    v0 = jax.random.normal(key, flat.shape, flat.dtype)
-    alphas, betas, basis, beta_m = landscape.lanczos(
-        hvp, v0, opts.lanczos_order, f'{run.label} hessian'
+    top = curvature.top_eigenpairs(
+        h.hvp, h.random(key), opts.lanczos_order, opts.top_k, progress=f'{run.label} hessian'
     )
-    m = len(alphas)
-    theta, s = scipy.linalg.eigh_tridiagonal(alphas, betas) if m > 1 else (alphas, np.ones((1, 1)))
-    # Residual ||H y - theta y|| of each Ritz pair: beta_m * |last component| (exact arithmetic).
-    residual = np.abs(beta_m * s[-1, :])
-    k = min(opts.top_k, m)
-    top = np.argsort(theta)[::-1][:k]
-    vectors = jnp.asarray(s[:, top].T, basis.dtype) @ basis
     lanczos_s = t()
-    traces = []
-    for z_key in jax.random.split(jax.random.fold_in(key, 1), opts.trace_samples):
-        z = jax.random.rademacher(z_key, flat.shape, flat.dtype)
-        traces.append(float(jnp.vdot(z, hvp(z))))
-        if len(traces) % 5 == 0 or len(traces) == opts.trace_samples:
-            logging.info(
-                '%s hessian: trace sample %d/%d, %.1f s', run.label, len(traces),
-                opts.trace_samples, t() - lanczos_s,
-            )  # fmt: skip
-    traces = np.array(traces)
-    n = len(traces)
+    n = opts.trace_samples
+    trace = stderr = None
+    if n:
+        trace, stderr, _ = curvature.hutchinson_trace(
+            h.hvp, h.dim, jax.random.fold_in(key, 1), n, h.dtype, f'{run.label} hessian'
+        )
+    theta = top['ritz_values']
     numbers = {
-        'top_eigenvalues': theta[top].tolist(),
-        'top_residuals': residual[top].tolist(),
+        'top_eigenvalues': top['eigenvalues'].tolist(),
+        'top_residuals': top['residuals'].tolist(),
         'lambda_max': float(theta.max()),
-        'lambda_min': float(theta.min()),
-        'lambda_min_residual': float(residual[np.argmin(theta)]),
+        'lambda_min': top['lambda_min'],
+        'lambda_min_residual': top['lambda_min_residual'],
         'abs_ratio_min_max': float(abs(theta.min()) / theta.max()),
-        'trace': float(traces.mean()) if n else None,
-        'trace_stderr': float(traces.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+        'trace': trace,
+        'trace_stderr': stderr if n > 1 else None,
         'trace_samples': n,
-        'lanczos_order': m,
-        'num_hvps': m + n,
+        'lanczos_order': len(theta),
+        'num_hvps': h.num_hvps,
         'lanczos_seconds': lanczos_s,
         'trace_seconds': round(t() - lanczos_s, 2),
         'ritz_values': theta.tolist(),
     }
-    return numbers, vectors
+    return numbers, top['vectors']
 
 
 def probe_hessian(runs: list[Run], out_dir: str, opts: Options) -> dict:
@@ -537,22 +520,11 @@ def probe_spectrum(runs: list[Run], out_dir: str, opts: Options) -> dict:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for color, run in zip(_colors(), runs):
         batches = probe_batches(run, opts)
-        hvp = flat_hvp(run, batches, opts.bn_mode)
-        flat, _ = ravel_pytree(run.state.params)
-        alphas, betas = [], []
-        for d, key in enumerate(
-            jax.random.split(jax.random.PRNGKey(opts.seed + 2), opts.slq_draws)
-        ):
-            v0 = jax.random.normal(key, flat.shape, flat.dtype)
-            a, b, _, _ = landscape.lanczos(
-                hvp, v0, opts.lanczos_order, f'{run.label} SLQ draw {d + 1}/{opts.slq_draws}'
-            )
-            alphas.append(a)
-            betas.append(b)
-        m = min(len(a) for a in alphas)
-        ritz, weights = curvature.ritz_and_weights(
-            np.stack([a[:m] for a in alphas]), np.stack([b[: m - 1] for b in betas])
-        )
+        h = hessian_of(run, batches, opts.bn_mode)
+        ritz, weights = curvature.slq(
+            h.hvp, h.dim, jax.random.PRNGKey(opts.seed + 2), opts.lanczos_order,
+            opts.slq_draws, h.dtype, run.label,
+        )  # fmt: skip
         grid, density = curvature.spectral_density(ritz, weights)
         ax.semilogy(grid, density + 1e-12, color=color, label=run.label)
         safe = _safe(run.label)
@@ -564,10 +536,10 @@ def probe_spectrum(runs: list[Run], out_dir: str, opts: Options) -> dict:
             'step': run.step,
             'bn_mode': opts.bn_mode,
             'draws': opts.slq_draws,
-            'order': m,
+            'order': ritz.shape[1],
             'ritz_min': float(ritz.min()),
             'ritz_max': float(ritz.max()),
-            'trace_estimate': float(np.mean(np.sum(weights * ritz, 1)) * flat.size),
+            'trace_estimate': float(np.mean(np.sum(weights * ritz, 1)) * h.dim),
         }
     ax.set_xlabel('eigenvalue of the Hessian of the mean loss')
     ax.set_ylabel('density (log)')
@@ -601,7 +573,6 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
         dirs = [make(jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
     elif opts.direction in ('eigen', 'gradient'):
         batches = probe_batches(run, opts)
-        _, unravel = ravel_pytree(params)
         norm = otu_norm(params)
         dirs = []
         if opts.direction == 'gradient':
@@ -609,10 +580,13 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
             dirs.append(grad)
             info['gradient_norm'] = otu_norm(grad)
         if len(dirs) < num:
-            sub = dataclasses.replace(opts, top_k=num - len(dirs))
-            numbers, vectors = hessian_numbers(run, batches, sub)
-            dirs += [unravel(v) for v in vectors]
-            info['eigenvalues'] = numbers['top_eigenvalues']
+            h = hessian_of(run, batches, opts.bn_mode)
+            top = curvature.top_eigenpairs(
+                h.hvp, h.random(jax.random.PRNGKey(opts.seed)), opts.lanczos_order,
+                num - len(dirs), progress=f'{run.label} eigen directions',
+            )  # fmt: skip
+            dirs += [h.unflatten(v) for v in top['vectors']]
+            info['eigenvalues'] = top['eigenvalues'].tolist()
         dirs = [landscape.scale_to_norm(d, norm) for d in dirs[:num]]
         info['scaled_to_norm'] = norm
     else:

@@ -1,6 +1,6 @@
 """Loss-landscape geometry as pure functions: filter-normalised directions, losses on grids of
-parameter sets evaluated in vmapped chunks, straight-line interpolation, host-driven Lanczos
-and convexity summaries of a 2-D grid.
+parameter sets evaluated in vmapped chunks, straight-line interpolation and convexity summaries
+of a 2-D grid. Curvature (eigen directions, Lanczos) is `resjax.probes.curvature`'s.
 
 A *point* is a pytree `{'params': ..., 'batch_stats': ...}` (the variables a forward pass needs);
 a *direction* has the same structure. The point at coefficients c is `origin + sum_i c_i d_i`,
@@ -26,7 +26,6 @@ import optax.tree_utils as otu
 from absl import logging
 from jax.flatten_util import ravel_pytree
 
-from resjax import xla
 from resjax.steps import cross_entropy
 
 PyTree = Any
@@ -235,101 +234,3 @@ def convexity_summary(
         'center_h_max': float(curv['h_max'][centre]),
         'num_points': int(keep.sum()),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Hessian-vector products and Lanczos driven from the host (XLA:CPU: no convs in lax loops).
-
-
-def make_flat_hvp(
-    loss_of: Callable[[PyTree, dict], jax.Array],
-    params: PyTree,
-    batches: Sequence[dict],
-) -> Callable[[jax.Array], jax.Array]:
-    """v -> H v on flat vectors, H the Hessian of the MEAN loss over all unmasked examples of
-    `batches`: one jitted per-batch HVP of `loss_of(params, batch)` (that batch's mean loss),
-    weighted by the batch's example count on the host and divided by the total, as
-    `resjax.probes.hessian.dataset_hvp_fn` does under `lax.map` (same numbers; the host loop
-    keeps convolutions at top level, where XLA:CPU is fast; docs/notes.md)."""
-    _, unravel = ravel_pytree(params)
-
-    @xla.jit
-    def hvp_batch(params, batch, v):
-        tangent = jax.jvp(jax.grad(lambda p: loss_of(p, batch)), (params,), (unravel(v),))[1]
-        return ravel_pytree(tangent)[0]
-
-    counts = [float(np.sum(b['mask'])) if 'mask' in b else len(b['label']) for b in batches]
-    total = sum(counts)
-    sharding = jax.tree.leaves(params)[0].sharding
-
-    def hvp(v):
-        # Committed and uncommitted arguments are different jit cache entries: pin v to the
-        # params' device, or a vector from another computation recompiles the whole HVP.
-        v = jax.device_put(v, sharding)
-        out = None
-        for b, n in zip(batches, counts):
-            hv = hvp_batch(params, b, v) * (n / total)
-            out = hv if out is None else out + hv
-        return out
-
-    return hvp
-
-
-_unit = jax.jit(lambda v: v / jnp.linalg.norm(v))
-_first_row = jax.jit(
-    lambda q, rows: jnp.zeros((rows, q.size), q.dtype).at[0].set(q), static_argnums=1
-)
-
-
-@jax.jit
-def _lanczos_step(basis: jax.Array, i: jax.Array, w: jax.Array) -> tuple:
-    # alpha_i = q_i . w, then w orthogonalised twice against the whole basis (its unfilled rows
-    # are zero, so fixed shapes and one compile serve every step), beta = ||w||, q_{i+1}.
-    hi = jax.lax.Precision.HIGHEST
-    alpha = jnp.dot(basis[i], w, precision=hi)
-    for _ in range(2):
-        w = w - jnp.dot(basis.T, jnp.dot(basis, w, precision=hi), precision=hi)
-    beta = jnp.linalg.norm(w)
-    q = w / jnp.where(beta > 0, beta, 1.0)
-    return basis.at[i + 1].set(q), q, alpha, beta
-
-
-def lanczos(
-    matvec: Callable[[jax.Array], jax.Array],
-    v0: jax.Array,
-    order: int,
-    progress: str = '',
-) -> tuple[np.ndarray, np.ndarray, jax.Array, float]:
-    """`order` Lanczos steps with full reorthogonalisation (twice, against the whole basis),
-    each step one `matvec` called from the host (one jitted update step of fixed shapes).
-    Stops early if the Krylov space becomes invariant (beta < 1e-6 * max ||H q||). Returns
-    (alphas [m], betas [m-1] as float64 numpy, basis [m, dim], beta_m); Ritz values and weights
-    follow from `curvature.tridiagonal_eigh`, and Ritz pair j has residual
-    ||H y_j - theta_j y_j|| = beta_m |s_mj| (s_mj the last component of T's eigenvector j).
-    Memory: `order` copies of the flat parameters."""
-    q = _unit(v0)
-    basis = _first_row(q, order + 1)
-    alphas, betas = [], []
-    h_norm = 0.0
-    start = time.perf_counter()
-    for i in range(order):
-        w = matvec(q)
-        basis, q, alpha, beta = _lanczos_step(basis, jnp.int32(i), w)
-        h_norm = max(h_norm, float(jnp.linalg.norm(w)))
-        alphas.append(float(alpha))
-        beta = float(beta)
-        betas.append(beta)
-        if i == order - 1 or beta < 1e-6 * h_norm:
-            break
-        if progress and (i + 1) % 10 == 0:
-            elapsed = time.perf_counter() - start
-            logging.info(
-                '%s: Lanczos %d/%d, %.1f s, ETA %.0f s',
-                progress,
-                i + 1,
-                order,
-                elapsed,
-                elapsed / (i + 1) * (order - i - 1),
-            )
-    m = len(alphas)
-    return np.array(alphas), np.array(betas[: m - 1]), basis[:m], betas[m - 1]

@@ -13,9 +13,11 @@ step (trace + lower + compile wall time) and the median / min / max over `--step
 timed steps after 2 warm-up steps. `--probes` adds the same for the train step with the
 per-layer signal probes (`steps.make_train_step(probes=True)`). `--hvp` adds one gradient vs
 one Hessian-vector product of the mean loss on the same batch (BatchNorm in train mode, running
-statistics not updated) and the train loop's sharpness probe (`hessian.make_sharpness_probe`:
-algebraic lambda_max by power iteration to relative tolerance 1e-3, at most `--max_hvps`
-HVPs plus one for the gradient curvature), timed after its compile. `--torch` adds the same
+statistics not updated), recomputed and with the gradient linearised once
+(`curvature.Hessian`; `linearize_ms` is the first linearised HVP, linearisation included),
+and the train loop's sharpness probe (`hessian.make_sharpness_probe`: algebraic lambda_max by
+power iteration to relative tolerance 1e-3, at most `--max_hvps` HVPs plus one for the
+gradient curvature), timed after its compile. `--torch` adds the same
 model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and bfloat16 by
 autocast on a GPU; channels-last on a GPU). `--pipeline` adds the images/sec of the digits and
 synthetic input pipelines (numpy batches), and with `--image_folder ROOT` that of an image folder
@@ -155,33 +157,41 @@ def time_curvature(
     """
     # The probed loss of resjax.probes: mean cross-entropy, BN in train mode on this batch with
     # its running statistics not updated.
-    loss_at = lambda batch_stats, batch: hessian.mean_loss_fn(model, batch_stats, batch, 'train')
+    loss = hessian.probe_loss(model, 'train')
     key_v, key_power = jax.random.split(jax.random.PRNGKey(1))
-    # One compile for all leaves (eagerly, each leaf shape compiles separately).
-    v = xla.run_once(functools.partial(otu.tree_random_like, key_v), state.params)
     args = (state.params, state.batch_stats, batch)
 
     def grad(params, batch_stats, batch):
-        return jax.grad(loss_at(batch_stats, batch))(params)
+        return jax.grad(lambda p: loss(p, batch, batch_stats))(params)
 
     jit = functools.partial(xla.jit, compiler_options=compiler_options)
     grad_fn, grad_compile = compile_timed(jit(grad), *args)
     grad_times = time_calls(lambda: grad_fn(*args), num_calls)
 
-    def hvp(params, batch_stats, batch, v):
-        return curvature.hvp(loss_at(batch_stats, batch), params, v)
-
-    hvp_fn, hvp_compile = compile_timed(jit(hvp), *args, v)
-    hvp_times = time_calls(lambda: hvp_fn(*args, v), num_calls)
+    # The library's HVPs: recomputing the forward and backward pass each time, and with the
+    # gradient linearised once on this batch (what a power or Lanczos loop on it uses).
+    start = time.perf_counter()
+    recompute = curvature.Hessian(loss, state.params, batch, state.batch_stats, linearize=False)
+    v = jax.block_until_ready(recompute.random(key_v))
+    jax.block_until_ready(recompute.hvp(v))
+    hvp_compile = time.perf_counter() - start
+    hvp_times = time_calls(lambda: recompute.hvp(v), num_calls)
+    linearized = curvature.Hessian(loss, state.params, batch, state.batch_stats, linearize=True)
+    jax.block_until_ready(linearized.hvp(v))  # compiles (shared with the sharpness probe)
+    linearized = curvature.Hessian(loss, state.params, batch, state.batch_stats, linearize=True)
+    linearize_times = time_calls(lambda: linearized.hvp(v), 1, warmup=0)  # linearises
+    lin_times = time_calls(lambda: linearized.hvp(v), num_calls)
 
     grad_ms, hvp_ms = 1e3 * statistics.median(grad_times), 1e3 * statistics.median(hvp_times)
+    lin_ms = 1e3 * statistics.median(lin_times)
     log(
-        f'  grad {grad_ms:.1f} ms, hvp {hvp_ms:.1f} ms '
-        f'(compiled in {grad_compile:.1f}, {hvp_compile:.1f} s)'
+        f'  grad {grad_ms:.1f} ms, hvp {hvp_ms:.1f} ms, linearised hvp {lin_ms:.1f} ms '
+        f'(first {1e3 * linearize_times[0]:.1f}; compiled in {grad_compile:.1f}, '
+        f'{hvp_compile:.1f} s)'
     )
     # The train loop's sharpness probe: host-driven power iteration around one jitted HVP.
     probe = hessian.make_sharpness_probe(model, num_iters=max_hvps, tol=LAMBDA_TOL)
-    probe(*args, v)  # compiles
+    probe(*args, linearized.unflatten(v))  # compiles
     # A fresh start vector, drawn outside the timing (eagerly, each leaf shape would compile).
     v0 = jax.block_until_ready(
         xla.run_once(functools.partial(otu.tree_random_like, key_power), state.params)
@@ -194,10 +204,12 @@ def time_curvature(
         'grad_ms': grad_ms,
         'hvp_ms': hvp_ms,
         'hvp_over_grad': hvp_ms / grad_ms,
+        'hvp_linearized_ms': lin_ms,
+        'linearize_ms': 1e3 * linearize_times[0],
         'lambda_max': float(eig),
         'lambda_max_s': power_s,
         'lambda_max_hvps': int(num),
-        # Includes one forward + backward pass (linearize); compare with hvp_ms.
+        # Includes one forward + backward pass (linearize); compare with hvp_linearized_ms.
         'lambda_max_ms_per_hvp': 1e3 * power_s / int(num),
     }
 
@@ -561,6 +573,7 @@ RECORD_COLUMNS = [
     ('grad_ms', 'grad_ms', '{:.1f}'),
     ('hvp_ms', 'hvp_ms', '{:.1f}'),
     ('hvp_over_grad', 'hvp/grad', '{:.2f}'),
+    ('hvp_linearized_ms', 'hvp_lin_ms', '{:.1f}'),
     ('lambda_max', 'lambda_max', '{:.4g}'),
     ('lambda_max_s', 'lmax_s', '{:.1f}'),
     ('lambda_max_hvps', 'lmax_hvps', '{}'),

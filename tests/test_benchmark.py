@@ -48,6 +48,7 @@ def test_records(benchmark):
     assert [r['model'] for r in records] == ['resnet8', 'plain8']
     keys = ['compile_s', 'step_ms', 'step_ms_min', 'step_ms_max', 'images_per_sec']
     keys += ['grad_ms', 'hvp_ms', 'hvp_over_grad', 'lambda_max_s', 'lambda_max_hvps']
+    keys += ['hvp_linearized_ms', 'linearize_ms']
     for r in records:
         assert r['batch'] == 4 and r['dtype'] == 'float32'
         assert r['device'] and r['backend'] == jax.default_backend()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from resjax import config_lib, inspection, landscape, train, xla
+from resjax.probes import curvature
 
 SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'inspect_checkpoint.py')
 OPTS = inspection.Options(examples=48, batch=24, grid=5, chunk=4)
@@ -215,10 +216,35 @@ def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
     eigenvalues = jnp.linspace(-2.0, 10.0, 50)
     q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(1), (50, 50)))
     h = (q * eigenvalues) @ q.T
-    alphas, betas, basis, _ = landscape.lanczos(lambda v: h @ v, jnp.ones(50), 50)
-    theta = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+    alphas, betas, basis = curvature.lanczos(lambda v: h @ v, jnp.ones(50), 50)
+    theta = curvature.tridiagonal_eigh(alphas, betas)[0]
     np.testing.assert_allclose([theta.min(), theta.max()], [-2.0, 10.0], atol=1e-3)
     np.testing.assert_allclose(basis @ basis.T, np.eye(len(alphas)), atol=1e-4)
+
+
+def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
+    opts = dataclasses.replace(OPTS, lanczos_order=8, top_k=2, trace_samples=4, slq_draws=2)
+    numbers = inspection.probe_hessian([run], str(tmp_path), opts)[run.label]
+    assert (
+        json.load(open(tmp_path / 'hessian.json'))[run.label]['lambda_max'] == numbers['lambda_max']
+    )
+    top = numbers['top_eigenvalues']
+    assert len(top) == 2 and top[0] == numbers['lambda_max'] >= top[1] > numbers['lambda_min']
+    # Measured residuals of float32 Ritz pairs: never the 0.0 of the exact-arithmetic bound.
+    residuals = numbers['top_residuals'] + [numbers['lambda_min_residual']]
+    assert all(0 < r < numbers['lambda_max'] for r in residuals)
+    assert numbers['num_hvps'] == 8 + 3 + 4 and np.isfinite(numbers['trace_stderr'])
+    spectrum = inspection.probe_spectrum([run], str(tmp_path), opts)[run.label]
+    assert spectrum['order'] == 8 and spectrum['ritz_max'] <= numbers['lambda_max'] * 1.5
+    directions, info = inspection.landscape_directions(
+        run, dataclasses.replace(opts, direction='eigen'), 2
+    )
+    assert info['eigenvalues'] == top  # Same seed and order: the same Lanczos run.
+    norms = [
+        float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(d['params']))))
+        for d in directions
+    ]
+    np.testing.assert_allclose(norms, info['scaled_to_norm'], rtol=1e-5)
 
 
 def test_grid_convexity_of_known_surfaces():

@@ -1,372 +1,424 @@
-"""Curvature probes built on a Hessian-vector product (HVP): pure functions, pytree in, numbers out.
+"""Curvature of any JAX loss: one HVP builder and one implementation of each algorithm.
 
-Everything takes an `hvp_fn: v -> H v` over a params-shaped pytree, so the same code serves the
-full Hessian, a shifted one, or a diagonal block. Iterations run under `lax` control flow, so one
-trace and one compile serve every iteration and every call of a jitted caller.
+The input is a MEAN loss `loss_fn(params, batch) -> scalar` (or `loss_fn(params, batch, state)`
+with model state such as BatchNorm statistics passed as an argument, so a new value reuses the
+compile), closed over the model and anything fixed (a dropout rng). `Hessian` binds it to
+params and to one batch or a sequence of batches; dataset-level quantities (HVPs, gradient,
+loss) are weighted by example count (a batch's leading dimension, or `batch['mask'].sum()`), so
+the result is the Hessian of the mean loss over all examples, never a sum. Nothing here knows
+about workdirs, configs or layer names of a particular model.
 
-Device part (jittable) and host part (float64 numpy) are separate, so a probe is, e.g.::
+The algorithms take `hvp: v -> H v` on FLAT vectors (`Hessian.hvp`, or `lambda v: a @ v` for a
+matrix) and run on the host around one jitted HVP: on XLA:CPU a convolution's gradient inside
+a `lax` loop body misses the fast path and costs dozens of standalone ones (docs/notes.md), and
+one scalar per iteration to the host costs nothing next to an HVP. Dots against stored vectors
+use `Precision.HIGHEST` (GPU default f32 matmuls are TF32). Eigenvalues come back as float64
+numpy (one tridiagonal solve on the host), vectors as flat device arrays (`Hessian.unravel`).
 
-    @jax.jit
-    def tridiagonals(params, batch, key):
-        hvp_fn = make_hvp(lambda p: mean_loss(p, batch), params)
-        return lanczos_tridiagonals(hvp_fn, key, params, order=80, num_draws=4)
+    h = curvature.Hessian(loss_fn, params, batches)
+    top = curvature.top_eigenpairs(h.hvp, h.random(key), order=40, k=3)
+    trace, stderr = curvature.hutchinson_trace(h.hvp, h.dim, key, num_samples=20, dtype=h.dtype)
 
-    grid, density = spectral_density(*ritz_and_weights(*tridiagonals(params, batch, key)))
-
-Pass params as a jit ARGUMENT (not a closure) so later calls reuse the compile.
-
-Units: eigenvalues are those of the Hessian of `loss_fn`, which callers make the MEAN loss over
-a fixed probe batch (a sum loss scales every eigenvalue by the batch size). `loss_fn` must be
-deterministic: no dropout, BatchNorm in eval mode or with batch statistics held fixed.
+`loss_fn` must be deterministic (fixed dropout rng; BatchNorm in eval mode or on the probe
+batch's own statistics with the running ones untouched).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax.tree_utils as otu
 import scipy.linalg
-from jax import lax
+from absl import logging
 from jax.flatten_util import ravel_pytree
 
-PyTree = Any
-HVPFn = Callable[[PyTree], PyTree]
+from resjax import xla
 
-# Dots against stored vectors must not drop to TF32/bf16 passes on GPU (JAX's default f32 matmul
-# precision there), or reorthogonalisation leaves O(1e-3) overlaps. Same choice as otu.tree_vdot.
-_HIGHEST = lax.Precision.HIGHEST
+PyTree = Any
+FlatHVP = Callable[[jax.Array], jax.Array]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+# A single batch's linearised gradient keeps every residual of a forward+backward pass alive;
+# above this many bytes `Hessian` recomputes them per HVP instead (override per call).
+LINEARIZE_MAX_BYTES = 2 * 2**30
 
 
 # ---------------------------------------------------------------------------------------------
-# Hessian-vector products.
+# The operator: HVPs, gradient and loss of the example-weighted mean loss.
+
+
+def example_count(batch: PyTree) -> float:
+    """A batch's number of examples: `batch['mask'].sum()` if it has a mask, else the leading
+    dimension of its first leaf."""
+    if isinstance(batch, dict) and 'mask' in batch:
+        return float(np.sum(jax.device_get(batch['mask'])))
+    return float(np.shape(jax.tree.leaves(batch)[0])[0])
+
+
+def _bind(loss_fn, batch, state):
+    return (lambda p: loss_fn(p, batch)) if state is None else (lambda p: loss_fn(p, batch, state))
+
+
+def _flat_grad(loss_fn, params, batch, state):
+    return ravel_pytree(jax.grad(_bind(loss_fn, batch, state))(params))[0]
 
 
 def hvp(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, v: PyTree) -> PyTree:
-    """Returns H v, H the Hessian of `loss_fn` at `params`, by forward-over-reverse AD.
-
-    Args:
-      loss_fn: params -> scalar; make it the MEAN loss over a fixed probe batch.
-      params: the point at which the Hessian is taken.
-      v: a pytree shaped like `params`.
-
-    Returns:
-      H v, shaped like `params`, in units of loss / param**2 * v.
-    """
+    """H v for pytrees, H the Hessian of `loss_fn: params -> scalar` at `params`, by
+    forward-over-reverse AD (one jvp of the gradient): the HVP every probe here uses."""
     return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
-def make_hvp(
-    loss_fn: Callable[[PyTree], jax.Array], params: PyTree, *, linearize: bool = True
-) -> HVPFn:
-    """Returns `v -> H v` at fixed `params` (see `hvp` for units).
+def _hvp(loss_fn, params, batch, state, v):
+    unravel = ravel_pytree(params)[1]
+    return ravel_pytree(hvp(_bind(loss_fn, batch, state), params, unravel(v)))[0]
 
-    With `linearize=True` the forward and backward passes run once, and each call only pushes a
-    tangent through the stored residuals: XLA does not hoist the primal out of a loop around
-    `hvp` by itself (docs/notes.md). The price is that the residuals of a full forward+backward
-    pass stay live for the whole loop; `linearize=False` trades that speed back for the memory.
+
+def _linearize(loss_fn, params, batch, state):
+    # The forward and backward passes run once here; the returned `Partial` holds their
+    # residuals as leaves, so it crosses jit boundaries and one compile applies it to any v.
+    flat, unravel = ravel_pytree(params)
+    grad_fn = lambda f: _flat_grad(loss_fn, unravel(f), batch, state)
+    return jax.linearize(grad_fn, flat)[1]
+
+
+def _loss(loss_fn, params, batch, state):
+    return _bind(loss_fn, batch, state)(params)
+
+
+_jit_hvp = xla.jit(_hvp, static_argnums=0)
+_jit_grad = xla.jit(_flat_grad, static_argnums=0)
+_jit_loss = xla.jit(_loss, static_argnums=0)
+_jit_linearize = xla.jit(_linearize, static_argnums=0)
+_jit_apply = xla.jit(lambda linear, v: linear(v))
+_RESIDUAL_BYTES: dict = {}
+
+
+def _residual_bytes(loss_fn, params, batch, state) -> int:
+    key = (loss_fn, *(jax.tree.structure(x) for x in (params, batch, state)))
+    key += tuple((x.shape, x.dtype) for x in jax.tree.leaves((params, batch, state)))
+    if key not in _RESIDUAL_BYTES:  # One trace per loss and shapes, not per probe.
+        shapes = jax.eval_shape(functools.partial(_linearize, loss_fn), params, batch, state)
+        _RESIDUAL_BYTES[key] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    return _RESIDUAL_BYTES[key]
+
+
+@dataclasses.dataclass
+class Hessian:
+    """The Hessian of the mean loss over `batches` at `params`, as flat HVPs.
+
+    `loss_fn(params, batch)` (or `(params, batch, state)` if `state` is given) is one batch's
+    MEAN loss; `batches` is one batch or a sequence of them; batch b's HVP, gradient and loss are
+    weighted by `example_count(b) / total`. Define `loss_fn` once (jit caches key on it).
+
+    HVPs are forward-over-reverse. On a single batch the gradient is linearised once (one
+    forward+backward pass, as PyHessian reuses its graph) and every HVP only pushes a tangent
+    through the stored residuals, ~15% faster on CPU (docs/notes.md), if those residuals fit in
+    `max_residual_bytes`; with several batches (their residuals would all stay live) or more
+    residual memory than that, every HVP recomputes its batch's forward and backward pass.
+    `linearize=True/False` forces the choice; `self.linearized` says which was used.
     """
-    if linearize:
-        _, hvp_fn = jax.linearize(jax.grad(loss_fn), params)
-        return hvp_fn
-    return lambda v: hvp(loss_fn, params, v)
+
+    loss_fn: Callable[..., jax.Array]
+    params: PyTree
+    batches: PyTree | Sequence[PyTree]
+    state: PyTree = None
+    linearize: bool | None = None
+    max_residual_bytes: int = LINEARIZE_MAX_BYTES
+
+    def __post_init__(self):
+        if not isinstance(self.batches, (list, tuple)):
+            self.batches = [self.batches]
+        counts = [example_count(b) for b in self.batches]
+        self.weights = [n / sum(counts) for n in counts]
+        self.num_examples = sum(counts)
+        flat, self.unravel = ravel_pytree(self.params)
+        self.dim, self.dtype = flat.size, flat.dtype
+        self._sharding = getattr(jax.tree.leaves(self.params)[0], 'sharding', None)
+        single = len(self.batches) == 1
+        if self.linearize is None:
+            args = (self.loss_fn, self.params, self.batches[0], self.state)
+            self.linearize = single and _residual_bytes(*args) <= self.max_residual_bytes
+        elif self.linearize and not single:
+            raise ValueError('linearize=True needs a single batch')
+        self.linearized = bool(self.linearize)
+        self._linear = None
+        self.num_hvps = 0
+
+    def _weighted(self, fn) -> jax.Array:
+        out = None
+        for b, w in zip(self.batches, self.weights, strict=True):
+            x = fn(b)
+            x = x if w == 1.0 else x * jnp.asarray(w, x.dtype)
+            out = x if out is None else out + x
+        return out
+
+    def hvp(self, v: jax.Array) -> jax.Array:
+        """H v for a flat vector v (units: loss / param**2 times v)."""
+        # Committed and uncommitted arguments are different jit cache entries: pin v to the
+        # params' placement, or a vector from another computation recompiles the HVP.
+        v = jax.device_put(v, self._sharding)
+        self.num_hvps += 1
+        if self.linearized:
+            if self._linear is None:
+                args = (self.loss_fn, self.params, self.batches[0], self.state)
+                self._linear = _jit_linearize(*args)
+            return _jit_apply(self._linear, v)
+        return self._weighted(lambda b: _jit_hvp(self.loss_fn, self.params, b, self.state, v))
+
+    def gradient(self) -> jax.Array:
+        """The flat gradient of the mean loss."""
+        return self._weighted(lambda b: _jit_grad(self.loss_fn, self.params, b, self.state))
+
+    def loss(self) -> float:
+        """The mean loss over all examples."""
+        return float(self._weighted(lambda b: _jit_loss(self.loss_fn, self.params, b, self.state)))
+
+    def flatten(self, tree: PyTree) -> jax.Array:
+        """A params-shaped pytree as a flat vector (the layout of `hvp`)."""
+        return _ravel(tree)
+
+    def unflatten(self, v: jax.Array) -> PyTree:
+        """A flat vector as a params-shaped pytree."""
+        return _unravel(v, self.params)
+
+    def random(self, key: jax.Array, sampler: str = 'normal') -> jax.Array:
+        """A flat random vector ('normal' or 'rademacher'), placed like the params."""
+        return jax.device_put(_draw(key, self.dim, self.dtype, sampler), self._sharding)
 
 
-def directional_curvature(hvp_fn: HVPFn, d: PyTree) -> jax.Array:
-    """Returns the Rayleigh quotient d^T H d / d^T d: curvature of the loss along direction `d`.
+_ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
+_unravel = jax.jit(lambda flat, like: ravel_pytree(like)[1](flat))
 
-    Units are those of an eigenvalue (loss / param**2), independent of the length of `d`; used
-    along the gradient and along the last update. A zero `d` gives NaN (no direction).
-    """
-    return otu.tree_vdot(d, hvp_fn(d)) / otu.tree_vdot(d, d)
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _draw(key, dim, dtype, sampler):
+    # One draw of the flat vector: one threefry compiles far faster than one per leaf.
+    sample = jax.random.rademacher if sampler == 'rademacher' else jax.random.normal
+    return sample(key, (dim,), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small jitted vector helpers (fixed shapes: one compile per parameter count).
+
+
+@jax.jit
+def _unit(v):
+    norm = jnp.linalg.norm(v)
+    return v / jnp.where(norm > 0, norm, 1.0)
+
+
+@jax.jit
+def _rayleigh(v, hv, shift):
+    # (H - shift I) v and v^T (H - shift I) v for a unit v.
+    hv = hv - shift * v
+    return hv, jnp.dot(v, hv, precision=_HIGHEST)
+
+
+@jax.jit
+def _quotient(d, hd):
+    return jnp.dot(d, hd, precision=_HIGHEST) / jnp.dot(d, d, precision=_HIGHEST)
+
+
+@jax.jit
+def _project_out(v, u):
+    return v - jnp.dot(u, v, precision=_HIGHEST) * u
+
+
+@jax.jit
+def _residual(y, hy, theta):
+    return jnp.linalg.norm(hy - theta.astype(y.dtype) * y)
 
 
 # ---------------------------------------------------------------------------------------------
 # Power iteration.
 
 
-def _normalise(v: PyTree) -> PyTree:
-    # A zero vector (v in the null space, or H = 0) stays zero rather than becoming NaN.
-    norm = otu.tree_norm(v)
-    return otu.tree_scale(jnp.where(norm > 0, 1.0 / norm, 0.0).astype(norm.dtype), v)
-
-
-def _project_out(v: PyTree, basis: PyTree | None) -> PyTree:
-    """v minus its components along the rows of `basis` (stacked, orthonormal or zero rows)."""
-    if basis is None:
-        return v
-    coeffs = jax.vmap(otu.tree_vdot, in_axes=(0, None))(basis, v)
-    along = jax.tree.map(lambda u: jnp.tensordot(coeffs, u, axes=1, precision=_HIGHEST), basis)
-    return otu.tree_sub(v, along)
-
-
 def power_iteration(
-    hvp_fn: HVPFn,
-    v0: PyTree,
+    hvp: FlatHVP,
+    v0: jax.Array,
     num_iters: int = 100,
     tol: float = 1e-3,
-    deflate: PyTree | None = None,
-) -> tuple[jax.Array, PyTree, jax.Array]:
-    """Dominant eigenpair of H by power iteration (PyHessian's `eigenvalues`).
+    shift: float = 0.0,
+) -> tuple[float, jax.Array, int]:
+    """Dominant eigenpair of H - shift I by power iteration (PyHessian's `eigenvalues`).
 
-    Power iteration converges to the eigenvalue of largest MAGNITUDE; it is returned with its
-    sign, so it is lambda_max only when positive curvature dominates. For the algebraic extremes
-    use `lambda_max_min`. Convergence is geometric in |lambda_2 / lambda_1|; if +lambda and
-    -lambda tie in magnitude the iterate does not settle and the estimate is meaningless.
-
-    Args:
-      hvp_fn: v -> H v.
-      v0: start vector (any nonzero length), shaped like params.
-      num_iters: maximum number of HVPs.
-      tol: stop when |q_k - q_{k-1}| / (|q_{k-1}| + 1e-6) < tol, q the Rayleigh quotient
-        (PyHessian's rule and defaults).
-      deflate: optional orthonormal vectors stacked on a leading axis (all-zero rows allowed),
-        projected out of the iterate before every HVP, so the result is the dominant eigenpair
-        of H restricted to their orthogonal complement.
+    Returns the eigenvalue of largest MAGNITUDE of H - shift I, with its sign (so the eigenvalue
+    of H is the result + shift), after stopping when the Rayleigh quotient q changes by
+    < `tol` relative (|q_k - q_{k-1}| / (|q_{k-1}| + 1e-6), PyHessian's rule) or after
+    `num_iters` HVPs. Convergence is geometric in |lambda_2 / lambda_1|; an unconverged quotient
+    lies inside the spectrum.
 
     Returns:
-      (eigenvalue, unit eigenvector, number of HVPs used).
+      (eigenvalue of H - shift I, unit eigenvector (normalised H v, one step past the v of the
+      quotient), number of HVPs).
     """
-    v0 = _normalise(_project_out(v0, deflate))
-    dtype = jnp.result_type(*jax.tree.leaves(v0))
-    zero = jnp.zeros((), dtype)
-
-    def not_converged(carry):
-        i, _, q, q_prev = carry
-        rel_change = jnp.abs(q - q_prev) / (jnp.abs(q_prev) + 1e-6)
-        return (i < num_iters) & ((i < 2) | (rel_change >= tol))
-
-    def step(carry):
-        i, v, q, _ = carry
-        v = _normalise(_project_out(v, deflate))
-        hv = hvp_fn(v)
-        return i + 1, hv, otu.tree_vdot(hv, v).astype(dtype), q
-
-    num_hvps, hv, eigenvalue, _ = lax.while_loop(
-        not_converged, step, (jnp.int32(0), v0, zero, zero)
-    )
-    # H v normalised is one step closer to the eigenvector than the v that gave the estimate.
-    return eigenvalue, _normalise(_project_out(hv, deflate)), num_hvps
+    if num_iters < 1:
+        raise ValueError(f'num_iters={num_iters}: power iteration needs at least one HVP')
+    q_prev, n, v = None, 0, v0
+    while n < num_iters:
+        v = _unit(v)
+        hv, q = _rayleigh(v, hvp(v), shift)
+        q, n = float(q), n + 1
+        if q_prev is not None and abs(q - q_prev) / (abs(q_prev) + 1e-6) < tol:
+            break
+        q_prev, v = q, hv
+    return q, _unit(hv), n
 
 
-def top_k_eigenvalues(
-    hvp_fn: HVPFn,
-    key: jax.Array,
-    params_like: PyTree,
-    k: int,
+def lambda_max(
+    hvp: FlatHVP,
+    v0: jax.Array,
     num_iters: int = 100,
     tol: float = 1e-3,
-) -> tuple[jax.Array, PyTree, jax.Array]:
-    """k dominant eigenpairs by power iteration with deflation (PyHessian's `eigenvalues(top_n)`).
-
-    Eigenvalue j is the dominant one (largest MAGNITUDE, signed) of H on the orthogonal
-    complement of eigenvectors 0..j-1, so the output is in order of decreasing |lambda|.
-
-    Args:
-      hvp_fn: v -> H v.
-      key: PRNG key for the k random start vectors.
-      params_like: pytree of arrays giving shapes and dtypes.
-      k: number of eigenpairs (static).
-      num_iters, tol: per eigenpair, as in `power_iteration`.
+    v1: jax.Array | None = None,
+) -> tuple[float, jax.Array, int]:
+    """ALGEBRAIC largest eigenvalue of H by power iteration: the dominant eigenvalue mu, and if
+    mu < 0 (negative curvature dominates) a second run on H - mu I, started from `v1` (default
+    all ones) made orthogonal to the first eigenvector, finds the top.
 
     Returns:
-      (eigenvalues [k], eigenvectors stacked on a leading axis of size k, total HVPs used).
+      (lambda_max, unit eigenvector, HVPs used).
     """
-    keys = jax.random.split(key, k)
-    dtype = jnp.result_type(*jax.tree.leaves(params_like))
-    vectors = jax.tree.map(lambda x: jnp.zeros((k, *x.shape), x.dtype), params_like)
-
-    def find_next(j, carry):
-        eigenvalues, vectors, total = carry
-        v0 = otu.tree_random_like(keys[j], params_like)
-        # Rows not yet found are zero, so projecting them out is a no-op.
-        lam, vec, n = power_iteration(hvp_fn, v0, num_iters, tol, deflate=vectors)
-        vectors = jax.tree.map(lambda s, x: s.at[j].set(x), vectors, vec)
-        return eigenvalues.at[j].set(lam), vectors, total + n
-
-    init = (jnp.zeros(k, dtype), vectors, jnp.int32(0))
-    return lax.fori_loop(0, k, find_next, init)
+    mu, vec, n = power_iteration(hvp, v0, num_iters, tol)
+    if mu >= 0:
+        return mu, vec, n
+    v1 = jnp.ones_like(vec) if v1 is None else v1
+    nu, top, m = power_iteration(hvp, _project_out(v1, vec), num_iters, tol, mu)
+    return mu + nu, top, n + m
 
 
 def lambda_max_min(
-    hvp_fn: HVPFn,
-    key: jax.Array,
-    params_like: PyTree,
-    num_iters: int = 100,
-    tol: float = 1e-3,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """ALGEBRAIC largest and smallest eigenvalues of H by power iteration plus a shifted one.
+    hvp: FlatHVP, v0: jax.Array, v1: jax.Array, num_iters: int = 100, tol: float = 1e-3
+) -> tuple[float, float, int]:
+    """ALGEBRAIC largest and smallest eigenvalues of H by two power iterations.
 
-    First power iteration finds the dominant eigenvalue mu (largest |lambda|, signed), which is
-    one end of the spectrum. The spectrum of H - mu I then lies on one side of 0 with the other
-    end of H's spectrum as its dominant eigenvalue, so a second power iteration on H - mu I finds
-    it. A magnitude is therefore never reported as lambda_max: with lambda_min = -15 and
-    lambda_max = 10 this returns (10, -15).
-
-    Both ends are Rayleigh quotients, hence inside the spectrum: an unconverged run
-    underestimates lambda_max and overestimates lambda_min. The shifted run converges at rate
-    |lambda_2 - mu| / |lambda_end - mu|, slow when the far end sits near a dense bulk (lambda_min
-    of a trained net); Lanczos (`lanczos_eigenvalues`, Ritz extremes) converges faster there at
-    the cost of storing its basis.
-
-    Args:
-      hvp_fn: v -> H v.
-      key: PRNG key for the two start vectors.
-      params_like: pytree of arrays giving shapes and dtypes.
-      num_iters, tol: per power iteration, as in `power_iteration`.
+    The first (from v0) finds the dominant eigenvalue mu, one end of the spectrum; the spectrum
+    of H - mu I lies on one side of 0 with the other end as its dominant eigenvalue, which the
+    second (from v1) finds. With lambda_min = -15 and lambda_max = 10 this returns (10, -15),
+    never a magnitude. The shifted run converges slowly when the far end sits near a dense bulk
+    (lambda_min of a trained net): `top_eigenpairs` (Lanczos) converges faster there.
 
     Returns:
-      (lambda_max, lambda_min, total HVPs used).
+      (lambda_max, lambda_min, HVPs used).
     """
-    key_dominant, key_other = jax.random.split(key)
-    mu, _, n_dominant = power_iteration(
-        hvp_fn, otu.tree_random_like(key_dominant, params_like), num_iters, tol
-    )
-    shifted = lambda v: otu.tree_add_scale(hvp_fn(v), -mu, v)
-    nu, _, n_other = power_iteration(
-        shifted, otu.tree_random_like(key_other, params_like), num_iters, tol
-    )
-    other_end = mu + nu
+    mu, _, n = power_iteration(hvp, v0, num_iters, tol)
+    nu, _, m = power_iteration(hvp, v1, num_iters, tol, mu)
     # max/min rather than sign(mu) so an unconverged first run cannot swap the two ends.
-    return jnp.maximum(mu, other_end), jnp.minimum(mu, other_end), n_dominant + n_other
+    return max(mu, mu + nu), min(mu, mu + nu), n + m
+
+
+def directional_curvature(hvp: FlatHVP, d: jax.Array) -> float:
+    """d^T H d / d^T d: the curvature along `d` (eigenvalue units, independent of its length);
+    `gradient_curvature` is the case d = g. A zero d gives NaN. One HVP."""
+    return float(_quotient(d, hvp(d)))
+
+
+def gradient_curvature(hessian: Hessian) -> float:
+    """g^T H g / g^T g with g the gradient of the mean loss: the curvature along the step
+    gradient descent takes. One gradient and one HVP."""
+    return directional_curvature(hessian.hvp, hessian.gradient())
 
 
 # ---------------------------------------------------------------------------------------------
-# Lanczos and stochastic Lanczos quadrature.
+# Lanczos, eigenpairs and stochastic Lanczos quadrature.
 
 
-def lanczos(
-    hvp_fn: HVPFn,
-    v0: PyTree,
-    order: int,
-    *,
-    key: jax.Array | None = None,
-    breakdown_tol: float | None = None,
-) -> tuple[jax.Array, jax.Array, PyTree]:
-    """`order` steps of Lanczos with full reorthogonalisation, from start vector `v0`.
-
-    Builds an orthonormal basis Q of the Krylov space and the tridiagonal T = Q^T H Q with
-    diagonal `alphas` and off-diagonal `betas`; Ritz values (eigenvalues of T) approximate H's
-    extreme eigenvalues first. Each new vector is Gram-Schmidt orthogonalised against the whole
-    basis twice ("twice is enough", Parlett), which removes the ghost eigenvalues of plain
-    Lanczos. When the Krylov space becomes invariant (beta ~ 0: order > rank of H + 1, or
-    repeated eigenvalues) the iteration restarts with a random vector orthogonal to the basis and
-    stores beta = 0, so T splits into blocks whose eigenvalues are all eigenvalues of H; this is
-    how repeated eigenvalues get their multiplicity. Once the basis spans the whole space
-    (order > dim) further vectors are zero and add spurious zero Ritz values.
-
-    The basis is preallocated as an (order, dim) matrix in the dtype of `v0`: memory is
-    `order` copies of the params.
-
-    Args:
-      hvp_fn: v -> H v.
-      v0: start vector (any nonzero length), shaped like params.
-      order: number of Lanczos steps = number of HVPs (static).
-      key: PRNG key for restart vectors; fixed default, as restarts are rare.
-      breakdown_tol: restart when beta <= breakdown_tol * max ||H q||; default sqrt(machine eps).
-        Dropping a beta moves Ritz values by at most beta.
-
-    Returns:
-      (alphas [order], betas [order - 1], basis stacked on a leading axis of size `order`).
-    """
-    flat0, unravel = ravel_pytree(v0)
-    dtype = flat0.dtype
-    key = jax.random.key(0) if key is None else key
-    tol = float(np.sqrt(np.finfo(dtype).eps)) if breakdown_tol is None else breakdown_tol
-    matvec = lambda q: ravel_pytree(hvp_fn(unravel(q)))[0]
-
-    def orthogonalise(basis, w):
-        # Unfilled rows of the basis are zero, so the full matrix product is safe at any step.
+@jax.jit
+def _lanczos_step(basis, i, w, h_norm, restart_key):
+    # alpha_i = q_i . w; w orthogonalised twice against the whole basis ("twice is enough",
+    # Parlett; unfilled rows are zero, so fixed shapes serve every step), which is also the
+    # three-term recurrence; beta = ||w||. On breakdown (beta <= sqrt(eps) max ||H q||: the
+    # Krylov space went invariant) restart from a random vector orthogonal to the basis and
+    # store beta = 0, so T splits into blocks and repeated eigenvalues get their multiplicity.
+    def orthogonalise(w):
         for _ in range(2):
             w = w - jnp.dot(basis.T, jnp.dot(basis, w, precision=_HIGHEST), precision=_HIGHEST)
         return w
 
-    def restart_vector(basis, i):
-        r = jax.random.normal(jax.random.fold_in(key, i), flat0.shape, dtype)
-        r_orth = orthogonalise(basis, r)
-        norm = jnp.linalg.norm(r_orth)
-        # Nothing left to span: return zero instead of amplifying rounding noise.
-        keep = norm > tol * jnp.linalg.norm(r)
-        return jnp.where(keep, r_orth / jnp.where(keep, norm, 1.0), 0.0)
-
-    def step(i, carry):
-        basis, alphas, betas, h_norm = carry
-        q = basis[i]
-        w = matvec(q)
-        h_norm = jnp.maximum(h_norm, jnp.linalg.norm(w))
-        alphas = alphas.at[i].set(jnp.dot(q, w, precision=_HIGHEST))
-        # Orthogonalising against q_i and q_{i-1} is the three-term recurrence itself.
-        w = orthogonalise(basis, w)
-        beta = jnp.linalg.norm(w)
-        breakdown = beta <= tol * h_norm
-        q_next = lax.cond(
-            breakdown,
-            lambda: restart_vector(basis, i),
-            lambda: w / jnp.where(breakdown, 1.0, beta),
-        )
-        betas = betas.at[i].set(jnp.where(breakdown, 0.0, beta))
-        return basis.at[i + 1].set(q_next), alphas, betas, h_norm
-
-    basis = jnp.zeros((order, flat0.size), dtype).at[0].set(flat0 / jnp.linalg.norm(flat0))
-    init = (
-        basis,
-        jnp.zeros(order, dtype),
-        jnp.zeros(max(order - 1, 0), dtype),
-        jnp.zeros((), dtype),
-    )
-    basis, alphas, betas, _ = lax.fori_loop(0, order - 1, step, init)
-    # The last step needs only alpha; doing it outside the loop keeps every index in bounds.
-    q_last = basis[order - 1]
-    alphas = alphas.at[order - 1].set(jnp.dot(q_last, matvec(q_last), precision=_HIGHEST))
-    return alphas, betas, jax.vmap(unravel)(basis)
+    tol = float(np.sqrt(np.finfo(w.dtype).eps))
+    h_norm = jnp.maximum(h_norm, jnp.linalg.norm(w))
+    alpha = jnp.dot(basis[i], w, precision=_HIGHEST)
+    w = orthogonalise(w)
+    beta = jnp.linalg.norm(w)
+    breakdown = beta <= tol * h_norm
+    r = jax.random.normal(jax.random.fold_in(restart_key, i), w.shape, w.dtype)
+    r_orth = orthogonalise(r)
+    # Nothing left to span (order > dim): a zero row rather than amplified rounding noise.
+    r_norm = jnp.linalg.norm(r_orth)
+    r_keep = r_norm > tol * jnp.linalg.norm(r)
+    restart = jnp.where(r_keep, r_orth / jnp.where(r_keep, r_norm, 1.0), 0.0)
+    q_next = jnp.where(breakdown, restart, w / jnp.where(breakdown, 1.0, beta))
+    return basis.at[i + 1].set(q_next), alpha, jnp.where(breakdown, 0.0, beta), h_norm
 
 
-def lanczos_tridiagonals(
-    hvp_fn: HVPFn,
-    key: jax.Array,
-    params_like: PyTree,
-    order: int,
-    num_draws: int = 1,
-) -> tuple[jax.Array, jax.Array]:
-    """Lanczos tridiagonals from `num_draws` Gaussian start vectors, one after another.
+@functools.partial(jax.jit, static_argnums=1)
+def _first_row(v0, order):
+    return jnp.zeros((order, v0.size), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
-    The jittable device half of `lanczos_eigenvalues` and `slq_density`: `num_draws * order`
-    HVPs, memory of one basis (the draws run under `lax.map`, and the bases are dropped).
+
+@jax.jit
+def _last_alpha(basis, w):
+    return jnp.dot(basis[-1], w, precision=_HIGHEST)
+
+
+def lanczos(
+    hvp: FlatHVP, v0: jax.Array, order: int, *, key: jax.Array | None = None, progress: str = ''
+) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+    """`order` Lanczos steps (= HVPs) with full reorthogonalisation from start vector v0.
+
+    Builds an orthonormal Krylov basis Q and the tridiagonal T = Q^T H Q (diagonal `alphas`,
+    off-diagonal `betas`); Ritz values (eigenvalues of T) approximate H's extreme eigenvalues
+    first. Breakdowns restart (see `_lanczos_step`); once the basis spans the whole space
+    (order > dim) the extra rows are zero and add spurious zero Ritz values. Memory: `order`
+    flat copies of the params. Logs progress every 10 steps if `progress` names the run.
 
     Returns:
-      (alphas [num_draws, order], betas [num_draws, order - 1]).
+      (alphas [order], betas [order - 1] as float64 numpy, basis [order, dim] on device).
     """
-
-    def one_draw(draw_key):
-        start_key, restart_key = jax.random.split(draw_key)
-        v0 = otu.tree_random_like(start_key, params_like)
-        alphas, betas, _ = lanczos(hvp_fn, v0, order, key=restart_key)
-        return alphas, betas
-
-    return lax.map(one_draw, jax.random.split(key, num_draws))
+    key = jax.random.key(0) if key is None else key
+    basis = _first_row(v0, order)
+    alphas, betas = [], []
+    h_norm = jnp.zeros((), basis.dtype)
+    start = time.perf_counter()
+    for i in range(order - 1):
+        basis, alpha, beta, h_norm = _lanczos_step(basis, i, hvp(basis[i]), h_norm, key)
+        alphas.append(float(alpha))
+        betas.append(float(beta))
+        if progress and (i + 1) % 10 == 0:
+            elapsed = time.perf_counter() - start
+            logging.info(
+                '%s: Lanczos %d/%d, %.1f s, ETA %.0f s',
+                progress, i + 1, order, elapsed, elapsed / (i + 1) * (order - i - 1),
+            )  # fmt: skip
+    alphas.append(float(_last_alpha(basis, hvp(basis[order - 1]))))
+    return np.array(alphas), np.array(betas), basis
 
 
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the symmetric tridiagonal T(alphas, betas), on host in float64.
 
     Returns:
-      (Ritz values ascending [order], first component of each unit eigenvector [order]). The
-      squared first components are the Gauss quadrature weights of SLQ and sum to 1.
+      (Ritz values ascending [m], eigenvectors of T as columns [m, m]). Squared first components
+      are the Gauss quadrature weights of SLQ.
     """
-    d = np.asarray(alphas, np.float64)
-    e = np.asarray(betas, np.float64)
-    eigenvalues, eigenvectors = scipy.linalg.eigh_tridiagonal(d, e)
-    return eigenvalues, eigenvectors[0]
+    d, e = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
+    if len(d) == 1:
+        return d, np.ones((1, 1))
+    return scipy.linalg.eigh_tridiagonal(d, e)
 
 
 def ritz_and_weights(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Host float64 Ritz values and quadrature weights for a batch of tridiagonals.
+    """Float64 Ritz values and quadrature weights for a batch of tridiagonals.
 
     Args:
-      alphas, betas: [num_draws, order] and [num_draws, order - 1], from `lanczos_tridiagonals`.
+      alphas, betas: [num_draws, order] and [num_draws, order - 1].
 
     Returns:
       (ritz_values [num_draws, order], weights [num_draws, order]); each row of weights sums to 1.
@@ -374,20 +426,77 @@ def ritz_and_weights(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray,
     alphas = np.asarray(alphas).reshape(-1, np.shape(alphas)[-1])
     betas = np.asarray(betas).reshape(alphas.shape[0], -1)
     pairs = [tridiagonal_eigh(a, b) for a, b in zip(alphas, betas, strict=True)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] ** 2 for p in pairs])
+    return np.stack([p[0] for p in pairs]), np.stack([p[1][0] ** 2 for p in pairs])
 
 
-def lanczos_eigenvalues(
-    hvp_fn: HVPFn, key: jax.Array, params_like: PyTree, order: int
-) -> np.ndarray:
-    """Ritz values (float64, ascending) of `order` Lanczos steps from one Gaussian start vector.
+@jax.jit
+def _ritz_vectors(s, basis):
+    return jnp.dot(s.astype(basis.dtype), basis, precision=_HIGHEST)
 
-    The extremes converge to lambda_min and lambda_max of H (algebraic) well before the
-    interior; with order = dim they are all the eigenvalues, with multiplicity. Runs the device
-    part eagerly; for repeated probing jit `lanczos_tridiagonals` and call `ritz_and_weights`.
+
+def top_eigenpairs(
+    hvp: FlatHVP,
+    v0: jax.Array,
+    order: int,
+    k: int = 1,
+    *,
+    key: jax.Array | None = None,
+    progress: str = '',
+) -> dict[str, Any]:
+    """The k algebraically largest eigenpairs and lambda_min of H from `order` Lanczos steps.
+
+    Residuals are honest: ||H y - theta y|| from an actual HVP on each returned Ritz vector y
+    (k + 1 more HVPs), in float32 where the model is; the exact-arithmetic bound
+    beta_m |s_mj| underflows to 0 there and means nothing. A Ritz value theta with residual r
+    has an eigenvalue of H within r of it (Bauer-Fike for symmetric H).
+
+    Returns:
+      {'eigenvalues': [k] float64 descending, 'vectors': [k, dim] unit Ritz vectors,
+       'residuals': [k], 'lambda_min', 'lambda_min_residual', 'ritz_values': all, ascending,
+       'num_hvps'}.
     """
-    alphas, betas = lanczos_tridiagonals(hvp_fn, key, params_like, order)
-    return ritz_and_weights(alphas, betas)[0][0]
+    alphas, betas, basis = lanczos(hvp, v0, order, key=key, progress=progress)
+    theta, s = tridiagonal_eigh(alphas, betas)
+    k = min(k, len(theta))
+    picked = list(np.argsort(theta)[::-1][:k]) + [int(np.argmin(theta))]
+    vectors = _ritz_vectors(jnp.asarray(s[:, picked].T), basis)
+    residuals = [float(_residual(y, hvp(y), theta[j])) for y, j in zip(vectors, picked)]
+    return {
+        'eigenvalues': theta[picked[:k]],
+        'vectors': vectors[:k],
+        'residuals': np.array(residuals[:k]),
+        'lambda_min': float(theta[picked[-1]]),
+        'lambda_min_residual': residuals[-1],
+        'ritz_values': theta,
+        'num_hvps': order + k + 1,
+    }
+
+
+def slq(
+    hvp: FlatHVP,
+    dim: int,
+    key: jax.Array,
+    order: int,
+    num_draws: int,
+    dtype: Any = jnp.float32,
+    progress: str = '',
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic Lanczos quadrature nodes and weights (Ghorbani et al. 2019, PyHessian's
+    `density`): `num_draws` Lanczos runs of `order` steps from Gaussian vectors; each gives the
+    Gauss quadrature of H's spectral measure seen from a random direction, the eigenvalue
+    density in expectation. mean over draws of sum(weights * ritz) * dim estimates trace(H).
+
+    Returns:
+      (ritz_values [num_draws, order], weights [num_draws, order]), for `spectral_density`.
+    """
+    alphas, betas = [], []
+    for d, draw_key in enumerate(jax.random.split(key, num_draws)):
+        label = progress and f'{progress} SLQ draw {d + 1}/{num_draws}'
+        v0 = _draw(draw_key, dim, dtype, 'normal')
+        a, b, _ = lanczos(hvp, v0, order, key=jax.random.fold_in(draw_key, 1), progress=label)
+        alphas.append(a)
+        betas.append(b)
+    return ritz_and_weights(np.stack(alphas), np.stack(betas))
 
 
 def spectral_density(
@@ -403,7 +512,7 @@ def spectral_density(
     trapezoid integral over `grid` is 1 (mass a user grid cuts off is dropped, as in PyHessian).
 
     Args:
-      ritz_values, weights: [num_draws, order], from `ritz_and_weights`.
+      ritz_values, weights: [num_draws, order], from `slq`.
       grid: eigenvalue grid; default `num_grid` points spanning the Ritz values +- 5 sigma.
       sigma: kernel width in eigenvalue units; default PyHessian's variance
         1e-5 * max(1, spread of the Ritz values).
@@ -428,63 +537,41 @@ def spectral_density(
     return grid, density
 
 
-def slq_density(
-    hvp_fn: HVPFn,
-    key: jax.Array,
-    params_like: PyTree,
-    order: int,
-    num_draws: int,
-    grid: np.ndarray | None = None,
-    sigma: float | None = None,
-    num_grid: int = 10000,
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
-
-    PyHessian's `density`: `num_draws` Lanczos runs of `order` steps from Gaussian vectors; each
-    gives Gauss quadrature nodes (Ritz values) and weights (squared first components) for the
-    spectral measure of H seen from a random direction, which is the eigenvalue density in
-    expectation. Sanity check: mean over draws of sum(weights * ritz_values) = mean q0^T H q0
-    estimates trace(H) / dim.
-
-    Returns:
-      (grid, density, (ritz_values [num_draws, order], weights [num_draws, order])); see
-      `spectral_density` for grid, sigma and normalisation.
-    """
-    alphas, betas = lanczos_tridiagonals(hvp_fn, key, params_like, order, num_draws)
-    ritz_values, weights = ritz_and_weights(alphas, betas)
-    grid, density = spectral_density(ritz_values, weights, grid, sigma, num_grid)
-    return grid, density, (ritz_values, weights)
-
-
 # ---------------------------------------------------------------------------------------------
 # Trace.
 
 
 def hutchinson_trace(
-    hvp_fn: HVPFn,
+    hvp: FlatHVP,
+    dim: int,
     key: jax.Array,
-    params_like: PyTree,
     num_samples: int,
-    *,
-    batch_size: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Hutchinson estimate of trace(H) with Rademacher probes: mean of z^T H z.
+    dtype: Any = jnp.float32,
+    progress: str = '',
+) -> tuple[float, float, np.ndarray]:
+    """Hutchinson estimate of trace(H): the mean of z^T H z over Rademacher vectors z, one per
+    key of `jax.random.split(key, num_samples)` (flat draws of length `dim`).
 
-    Rademacher rather than Gaussian probes because their variance, 2 * sum_{i != j} H_ij^2, has
-    no diagonal term (Hutchinson 1990). Samples run under `lax.map`, `batch_size` at a time
-    (vmapped) if given.
+    Rademacher rather than Gaussian because the variance, 2 sum_{i != j} H_ij^2, has no diagonal
+    term (Hutchinson 1990).
 
     Returns:
-      (trace estimate, its standard error = sample std / sqrt(num_samples)); the standard error
-      is NaN for num_samples = 1.
+      (trace estimate, standard error = sample std / sqrt(num_samples) (NaN for one sample),
+      the samples).
     """
-
-    def sample(sample_key):
-        z = otu.tree_random_like(sample_key, params_like, sampler=jax.random.rademacher)
-        return otu.tree_vdot(z, hvp_fn(z))
-
-    values = lax.map(sample, jax.random.split(key, num_samples), batch_size=batch_size)
-    return values.mean(), values.std(ddof=1) / np.sqrt(num_samples)
+    values = []
+    start = time.perf_counter()
+    for z_key in jax.random.split(key, num_samples):
+        z = _draw(z_key, dim, dtype, 'rademacher')
+        values.append(float(jnp.dot(z, hvp(z), precision=_HIGHEST)))
+        if progress and (len(values) % 5 == 0 or len(values) == num_samples):
+            logging.info(
+                '%s: trace sample %d/%d, %.1f s',
+                progress, len(values), num_samples, time.perf_counter() - start,
+            )  # fmt: skip
+    values = np.array(values)
+    stderr = values.std(ddof=1) / np.sqrt(num_samples) if num_samples > 1 else float('nan')
+    return float(values.mean()), float(stderr), values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,63 +585,46 @@ def _key_str(entry: Any) -> str:
     return str(entry)
 
 
-def layer_names(params: PyTree) -> tuple[list[str], list[int]]:
-    """Names of the layers of `params` and the layer index of each leaf (tree_leaves order).
-
-    A layer is the set of arrays sharing a parent container, e.g. params['001_block']['conv1']
-    holding 'kernel' and 'bias', named '001_block/conv1'. An array at the root is its own layer.
-    """
-    names: list[str] = []
-    leaf_layer: list[int] = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = '/'.join(_key_str(e) for e in (path[:-1] or path))
-        if name not in names:
-            names.append(name)
-        leaf_layer.append(names.index(name))
-    return names, leaf_layer
+def layer_partition(params: PyTree) -> PyTree:
+    """The default partition of a parameter tree: each leaf labelled by its parent container,
+    e.g. params['001_block']['conv1']['kernel'] -> '001_block/conv1' (an array at the root is
+    its own layer). Any params-shaped tree of labels works as a partition."""
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    labels = ['/'.join(_key_str(e) for e in (path[:-1] or path)) for path, _ in paths]
+    return jax.tree.unflatten(jax.tree.structure(params), labels)
 
 
 def per_layer_lambda_max(
-    loss_fn: Callable[[PyTree], jax.Array],
-    params: PyTree,
+    hessian: Hessian,
     key: jax.Array,
+    partition: PyTree | None = None,
     num_iters: int = 100,
     tol: float = 1e-3,
-) -> dict[str, jax.Array]:
-    """Dominant eigenvalue of each layer's diagonal block of the Hessian of `loss_fn`.
-
-    For layer l this is power iteration on v -> P_l H P_l v, P_l zeroing every leaf outside l,
-    i.e. on the Hessian of the loss with respect to that layer's params alone, other layers
-    fixed. Like `power_iteration` it is the largest-MAGNITUDE eigenvalue with its sign (lambda_max
-    whenever positive curvature dominates the block, the usual case for a layer of a net). Each
-    HVP costs a full-network HVP; layers run one after another under `lax.map`, so compile time
-    does not grow with depth.
+) -> dict[str, float]:
+    """Algebraic top eigenvalue of each diagonal block of H: for block l, `lambda_max` of
+    v -> P_l H P_l v (P_l zeroes the entries outside l), i.e. the Hessian with respect to that
+    block's params with the others fixed. Every block HVP costs a full HVP.
 
     Args:
-      loss_fn: params -> scalar MEAN loss over a fixed probe batch.
-      params: nested dicts of arrays; see `layer_names` for what a layer is.
-      key: PRNG key for the start vectors.
-      num_iters, tol: as in `power_iteration`.
+      hessian: the operator.
+      key: PRNG key for the start vectors (one `fold_in` per block).
+      partition: params-shaped tree of labels (`layer_partition(params)` by default); blocks
+        are reported in order of first appearance.
 
     Returns:
-      {'001_block/conv1': 0-d array, ...}, jittable; `float()` each value on the host.
+      {label: lambda_max}.
     """
-    names, leaf_layer = layer_names(params)
-    treedef = jax.tree.structure(params)
-    hvp_fn = make_hvp(loss_fn, params)
-
-    def restrict(v, layer):
-        leaves = treedef.flatten_up_to(v)
-        kept = [
-            jnp.where(layer == lid, x, jnp.zeros_like(x))
-            for x, lid in zip(leaves, leaf_layer, strict=True)
-        ]
-        return treedef.unflatten(kept)
-
-    def block_lambda(layer):
-        block_hvp = lambda v: restrict(hvp_fn(restrict(v, layer)), layer)
-        v0 = restrict(otu.tree_random_like(jax.random.fold_in(key, layer), params), layer)
-        return power_iteration(block_hvp, v0, num_iters, tol)[0]
-
-    eigenvalues = lax.map(block_lambda, jnp.arange(len(names)))
-    return {name: eigenvalues[i] for i, name in enumerate(names)}
+    partition = layer_partition(hessian.params) if partition is None else partition
+    labels = jax.tree.leaves(partition)
+    sizes = [x.size for x in jax.tree.leaves(hessian.params)]
+    names = list(dict.fromkeys(labels))
+    out = {}
+    for b, name in enumerate(names):
+        mask = np.concatenate(
+            [np.full(n, label == name, np.float32) for n, label in zip(sizes, labels)]
+        )
+        mask = jax.device_put(jnp.asarray(mask, hessian.dtype), hessian._sharding)
+        block_hvp = lambda v, m=mask: hessian.hvp(v * m) * m
+        v0 = hessian.random(jax.random.fold_in(key, b)) * mask
+        out[name] = lambda_max(block_hvp, v0, num_iters, tol, v1=mask)[0]
+    return out

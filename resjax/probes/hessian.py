@@ -11,16 +11,15 @@ belongs to the optimizer). BatchNorm has two documented modes (`probes.bn_mode`)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax.tree_utils as otu
 
-from resjax import xla
 from resjax.probes import curvature
 from resjax.steps import cross_entropy
 
@@ -28,12 +27,13 @@ PyTree = Any
 BN_MODES = ('train', 'eval')
 
 
-def mean_loss_fn(
-    model: nn.Module, batch_stats: PyTree, batch: dict, bn_mode: str = 'train'
-) -> Callable[[PyTree], jax.Array]:
-    """params -> mean cross-entropy over `batch` (weighted by `batch['mask']` if present).
+@functools.cache
+def probe_loss(model: nn.Module, bn_mode: str = 'train') -> Callable[..., jax.Array]:
+    """`loss(params, batch, batch_stats)`: the mean cross-entropy over `batch` (weighted by
+    `batch['mask']` if present), in the form `curvature.Hessian` takes (`state=batch_stats`).
 
-    `bn_mode` as in the module docstring; in neither mode does the probe change `batch_stats`.
+    One function per (model, bn_mode), so every probe of a model shares its compiles. `bn_mode`
+    as in the module docstring; in neither mode does the probe change `batch_stats`.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f'probes.bn_mode={bn_mode!r} is unknown; use one of {BN_MODES}')
@@ -42,7 +42,7 @@ def mean_loss_fn(
         # are not in the layout XLA:CPU's fast convolution needs (docs/notes.md).
         model = model.clone(scan_blocks=False)
 
-    def loss(params):
+    def loss(params, batch, batch_stats):
         variables = {'params': params, 'batch_stats': batch_stats}
         if bn_mode == 'train':
             logits, _ = model.apply(
@@ -56,6 +56,14 @@ def mean_loss_fn(
         return jnp.mean(per_example)
 
     return loss
+
+
+def mean_loss_fn(
+    model: nn.Module, batch_stats: PyTree, batch: dict, bn_mode: str = 'train'
+) -> Callable[[PyTree], jax.Array]:
+    """params -> `probe_loss(model, bn_mode)(params, batch, batch_stats)`."""
+    loss = probe_loss(model, bn_mode)
+    return lambda params: loss(params, batch, batch_stats)
 
 
 def make_sharpness_probe(
@@ -72,100 +80,30 @@ def make_sharpness_probe(
     (g^T H g / g^T g), `hessian/num_hvps` [, `hessian/update_curvature` (u^T H u / u^T u for
     the last update u = params - previous params, if `update` is given and non-zero),
     `hessian/trace`, `hessian/trace_stderr` (Hutchinson, Rademacher)]. lambda_max is
-    ALGEBRAIC: power iteration (PyHessian's rule: stop when the Rayleigh quotient changes by
-    < `tol` relative, at most `num_iters` HVPs) finds the dominant eigenvalue mu; if mu < 0, a
-    second one on H - mu I finds the top.
+    ALGEBRAIC (`curvature.lambda_max`: power iteration with PyHessian's rule, stop when the
+    Rayleigh quotient changes by < `tol` relative, at most `num_iters` HVPs per run; if the
+    dominant eigenvalue mu < 0, a second run on H - mu I finds the top).
 
-    The iterations run on the host around ONE jitted HVP, not under `lax.while_loop`: on
-    XLA:CPU a convolution's gradient inside a loop body misses the fast Eigen path and one
-    HVP there cost dozens of standalone ones (docs/notes.md). A scalar per iteration
-    crosses to the host; one compile serves every iteration and every probe.
+    A thin wrapper of `curvature`: its loops run on the host around one jitted HVP (on
+    XLA:CPU a convolution's gradient inside a `lax` loop body is dozens of times slower,
+    docs/notes.md), and on this single batch the gradient is linearised once per probe.
     """
-
-    def loss_of(params, batch_stats, batch):
-        return mean_loss_fn(model, batch_stats, batch, bn_mode)
-
-    @xla.jit
-    def hvp_dot(params, batch_stats, batch, v, shift):
-        hv = curvature.hvp(loss_of(params, batch_stats, batch), params, v)
-        hv = otu.tree_add_scale(hv, -shift, v)
-        return hv, otu.tree_vdot(hv, v)
-
-    @xla.jit
-    def grad_curvature(params, batch_stats, batch):
-        loss = loss_of(params, batch_stats, batch)
-        return curvature.directional_curvature(
-            lambda v: curvature.hvp(loss, params, v), jax.grad(loss)(params)
-        )
-
-    normalise = jax.jit(lambda v: otu.tree_scale(1.0 / otu.tree_norm(v), v))
-    deflate = jax.jit(lambda v, u: otu.tree_add_scale(v, -otu.tree_vdot(u, v), u))
-
-    def power(args, v, shift):
-        q_prev, n = None, 0
-        while n < num_iters:
-            v = normalise(v)
-            hv, q = hvp_dot(*args, v, shift)
-            q, n = float(q), n + 1
-            if q_prev is not None and abs(q - q_prev) / (abs(q_prev) + 1e-6) < tol:
-                break
-            q_prev, v = q, hv
-        return q, normalise(hv), n
+    loss = probe_loss(model, bn_mode)
 
     def probe(params, batch_stats, batch, v0, key=None, update=None):
-        args = (params, batch_stats, batch)
-        mu, vec, n = power(args, v0, 0.0)
-        lam = mu
-        if mu < 0:  # Negative curvature dominates: find the top of the spectrum too.
-            start = deflate(otu.tree_ones_like(v0), vec)
-            nu, top, m = power(args, start, mu)
-            lam, vec, n = mu + nu, top, n + m
+        h = curvature.Hessian(loss, params, batch, state=batch_stats)
+        lam, vec, _ = curvature.lambda_max(h.hvp, h.flatten(v0), num_iters, tol)
         out = {
             'hessian/lambda_max': lam,
-            'hessian/grad_curvature': float(grad_curvature(*args)),
-            'hessian/num_hvps': n + 1,
+            'hessian/grad_curvature': curvature.gradient_curvature(h),
         }
         if update is not None and float(otu.tree_norm(update)) > 0:
-            out['hessian/update_curvature'] = float(hvp_dot(*args, normalise(update), 0.0)[1])
-            out['hessian/num_hvps'] += 1
+            u = h.flatten(update)
+            out['hessian/update_curvature'] = curvature.directional_curvature(h.hvp, u)
         if trace_samples:
-            values = []
-            for k in jax.random.split(key, trace_samples):
-                z = otu.tree_random_like(k, params, sampler=jax.random.rademacher)
-                values.append(float(hvp_dot(*args, z, 0.0)[1]))
-            out['hessian/trace'] = float(np.mean(values))
-            out['hessian/trace_stderr'] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
-            out['hessian/num_hvps'] += trace_samples
-        return out, vec
+            trace, stderr, _ = curvature.hutchinson_trace(h.hvp, h.dim, key, trace_samples, h.dtype)
+            out['hessian/trace'], out['hessian/trace_stderr'] = trace, stderr
+        out['hessian/num_hvps'] = h.num_hvps
+        return out, h.unflatten(vec)
 
     return probe
-
-
-def dataset_hvp_fn(
-    model: nn.Module,
-    params: PyTree,
-    batch_stats: PyTree,
-    batches: dict,
-    bn_mode: str = 'eval',
-) -> Callable[[PyTree], PyTree]:
-    """v -> H v for the mean loss over several batches stacked on a leading axis.
-
-    Each batch's HVP is weighted by its number of (unmasked) examples and the total divided by
-    the number of examples: the Hessian of the MEAN loss over all of them, never a sum. Batches
-    run one at a time under `lax.map` (memory of one batch). With `bn_mode='train'` each batch
-    uses its own BN statistics, so the result differs from one big batch's; in 'eval' mode (or
-    without BN) it equals the HVP of the concatenated batch.
-    """
-    count = lambda b: jnp.sum(b['mask']) if 'mask' in b else b['label'].shape[0]
-
-    def hvp_fn(v):
-        def one(b):
-            n = count(b)
-            hv = curvature.hvp(mean_loss_fn(model, batch_stats, b, bn_mode), params, v)
-            return jax.tree.map(lambda x: x * n, hv), n
-
-        hvs, ns = jax.lax.map(one, batches)
-        total = jnp.sum(ns)
-        return jax.tree.map(lambda x: jnp.sum(x, axis=0) / total, hvs)
-
-    return hvp_fn
