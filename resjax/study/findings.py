@@ -378,8 +378,10 @@ def _li_et_al(
 
 
 @finding('spectrum', 5, 'Hessian spectrum', LI_SPECTRUM)
-def spectrum(ev: Evidence) -> Claim | str:
+def spectrum(ev: Evidence) -> Claim | str | None:
     """|lambda_min / lambda_max| of the SLQ Ritz values, plain vs residual."""
+    if 'spectrum' not in ev.study.inspect.figures:
+        return None  # Not drawn in this study: no question posed.
     if not ev.inspection.get('spectrum'):
         return 'the spectrum of the deepest finished nets'
 
@@ -403,8 +405,10 @@ def spectrum(ev: Evidence) -> Claim | str:
 
 
 @finding('landscape', 6, '2-D loss landscape', LI_LANDSCAPE)
-def landscape(ev: Evidence) -> Claim | str:
+def landscape(ev: Evidence) -> Claim | str | None:
     """Non-convex fraction of each net's 2-D slice, plain vs residual."""
+    if 'landscape2d' not in ev.study.inspect.figures:
+        return None  # Not drawn in this study: no question posed.
     if not ev.inspection.get('landscape2d'):
         return 'the landscape of the deepest finished nets'
 
@@ -427,8 +431,10 @@ def landscape(ev: Evidence) -> Claim | str:
 
 
 @finding('lesion', 7, 'Lesions', VEIT)
-def lesion(ev: Evidence) -> Claim | str:
+def lesion(ev: Evidence) -> Claim | str | None:
     """Test-error increase from removing one residual block, per ResNet."""
+    if 'lesion' not in ev.study.inspect.figures:
+        return None  # Not drawn in this study: no question posed.
     if not ev.inspection.get('lesion'):
         return 'the lesion study of finished ResNets'
 
