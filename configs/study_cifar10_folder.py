@@ -14,7 +14,11 @@ widths 16/32/64) so that the study fits in about an hour on 2 CPU cores: widths 
 (8/16/32, `model.width=0.5`) and 800 steps of batch 128 (about 2 epochs) on a cosine schedule.
 Degradation shows early in training (He et al. 2015, Fig. 1 and 6: the plain nets' curves
 separate from the start), so a short budget can pose the question; it cannot reach the paper's
-error rates. Raise `train.steps` (the study resumes each run) to go further.
+error rates. Raise `train.steps` (the study resumes each run) to go further. The file is also
+the grid's base training config; one run alone:
+
+  python scripts/train.py --config configs/study_cifar10_folder.py --workdir runs/c10f_plain56 \
+      --config.dataset.data_dir=ROOT --config.model.depth=56 --config.model.residual=False
 """
 
 from resjax import config_lib, study_config

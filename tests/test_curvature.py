@@ -124,12 +124,18 @@ def test_hvp_compiles_once_across_hessians():
     # A is an argument of the loss, so a new Hessian must reuse the compile and still give its
     # own spectrum.
     on_quadratic(quadratic(LAMS_POS)[0]).hvp(np.ones(DIM, np.float32))
-    before = curvature._jit_linearize._cache_size(), curvature._jit_apply._cache_size()
+    before = (
+        curvature._jitted(curvature._linearize)._cache_size(),
+        curvature._jitted(curvature._apply, False)._cache_size(),
+    )
     for lams, top in ((LAMS_POS, 10.0), (2 * LAMS_NEG, 20.0), (3 * LAMS_POS, 30.0)):
         h = on_quadratic(quadratic(lams)[0])
         got = curvature.lambda_max(h.hvp, np.ones(DIM, np.float32), 1000, 1e-7)[0]
         np.testing.assert_allclose(got, top, rtol=1e-3)
-    after = curvature._jit_linearize._cache_size(), curvature._jit_apply._cache_size()
+    after = (
+        curvature._jitted(curvature._linearize)._cache_size(),
+        curvature._jitted(curvature._apply, False)._cache_size(),
+    )
     assert after == before
 
 

@@ -1,6 +1,8 @@
 import collections
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -210,3 +212,11 @@ def test_format_seconds():
         '1h00m',
         '2h07m',
     ]
+
+
+def test_importing_resjax_starts_no_backend():
+    # A multi-host run calls jax.distributed.initialize after importing resjax; it fails if an
+    # import already started the XLA backend (e.g. a module-level jit that asks for it).
+    code = 'import resjax.train; from jax._src import xla_bridge as xb; assert not xb._backends'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

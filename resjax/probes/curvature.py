@@ -92,11 +92,18 @@ def _loss(loss_fn, params, batch, state):
     return _bind(loss_fn, batch, state)(params)
 
 
-_jit_hvp = xla.jit(_hvp, static_argnums=0)
-_jit_grad = xla.jit(_flat_grad, static_argnums=0)
-_jit_loss = xla.jit(_loss, static_argnums=0)
-_jit_linearize = xla.jit(_linearize, static_argnums=0)
-_jit_apply = xla.jit(lambda linear, v: linear(v))
+def _apply(linear: Callable[[jax.Array], jax.Array], v: jax.Array) -> jax.Array:
+    return linear(v)
+
+
+@functools.cache
+def _jitted(fn: Callable, static_loss: bool = True) -> Callable:
+    """`fn` under `xla.jit` (the loss function static), built on first use: `xla.jit` asks
+    for the default backend, which must not start at import, before a multi-host run's
+    `jax.distributed.initialize`."""
+    return xla.jit(fn, static_argnums=0) if static_loss else xla.jit(fn)
+
+
 _RESIDUAL_BYTES: dict = {}
 
 
@@ -168,17 +175,21 @@ class Hessian:
         if self.linearized:
             if self._linear is None:
                 args = (self.loss_fn, self.params, self.batches[0], self.state)
-                self._linear = _jit_linearize(*args)
-            return _jit_apply(self._linear, v)
-        return self._weighted(lambda b: _jit_hvp(self.loss_fn, self.params, b, self.state, v))
+                self._linear = _jitted(_linearize)(*args)
+            return _jitted(_apply, False)(self._linear, v)
+        return self._weighted(lambda b: _jitted(_hvp)(self.loss_fn, self.params, b, self.state, v))
 
     def gradient(self) -> jax.Array:
         """The flat gradient of the mean loss."""
-        return self._weighted(lambda b: _jit_grad(self.loss_fn, self.params, b, self.state))
+        return self._weighted(
+            lambda b: _jitted(_flat_grad)(self.loss_fn, self.params, b, self.state)
+        )
 
     def loss(self) -> float:
         """The mean loss over all examples."""
-        return float(self._weighted(lambda b: _jit_loss(self.loss_fn, self.params, b, self.state)))
+        return float(
+            self._weighted(lambda b: _jitted(_loss)(self.loss_fn, self.params, b, self.state))
+        )
 
     def flatten(self, tree: PyTree) -> jax.Array:
         """A params-shaped pytree as a flat vector (the layout of `hvp`)."""
