@@ -321,7 +321,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                 # (a copy: the step donates the state's buffers).
                 previous_params = jax.tree.map(jnp.copy, to_global(state.params))
             if probe_now:
-                moved = host(init_distance(to_global(state.params), initial_params))
+                moved = jax.device_get(init_distance(to_global(state.params), initial_params))
                 state, metrics = probe_step(state, batch)
                 # Probes describe the parameters before this step's update: logged at `step`.
                 writer.write(step, {**host(metrics['probes']), **moved})
