@@ -65,39 +65,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def perturbation_zeros(model: nn.Module, images: jax.Array) -> PyTree:
-    """Zeros shaped like the activations the model exposes to `perturb` for these images
-    (traced at compile time only: no runtime cost)."""
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)[
-        'perturbations'
-    ]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def loss_and_grads(
     model: nn.Module, params: PyTree, batch_stats: PyTree, batch: dict, probes: bool = False
 ) -> tuple[jax.Array, jax.Array, PyTree, PyTree, PyTree]:
-    """One training-mode forward and backward pass of the mean cross-entropy.
+    """One training-mode forward and backward pass of the mean cross-entropy
+    (`signals.value_and_grads`).
 
     Returns (loss, logits, new_variables, dL/dparams, dL/dactivations). `new_variables` holds
     the updated 'batch_stats' and, with `probes`, the sown 'intermediates'; the activation
     gradients (w.r.t. the model's zero 'perturbations') are {} without `probes`.
     """
-
-    def loss_fn(params, perturbations):
-        variables = {'params': params, 'batch_stats': batch_stats}
-        mutable = ['batch_stats']
-        if probes:
-            variables['perturbations'] = perturbations
-            mutable.append('intermediates')
-        logits, new_vars = model.apply(variables, batch['image'], train=True, mutable=mutable)
-        return jnp.mean(cross_entropy(logits, batch['label'])), (logits, new_vars)
-
-    perturbations = perturbation_zeros(model, batch['image']) if probes else {}
-    (loss, (logits, new_vars)), (grads, act_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True
-    )(params, perturbations)
-    return loss, logits, new_vars, grads, act_grads
+    return signals.value_and_grads(
+        model,
+        {'params': params, 'batch_stats': batch_stats},
+        (batch['image'],),
+        lambda logits: jnp.mean(cross_entropy(logits, batch['label'])),
+        observe=probes,
+        train=True,
+    )
 
 
 def make_train_step(

@@ -324,3 +324,22 @@ def test_unequal_batches_give_the_hessian_of_the_example_weighted_mean():
     whole = curvature.Hessian(loss_fn, params, {k: x[kept] for k, x in batch.items()})
     np.testing.assert_allclose(h.loss(), whole.loss(), rtol=1e-6)
     np.testing.assert_allclose(h.gradient(), whole.gradient(), rtol=1e-5, atol=1e-7)
+
+
+def test_pyhessian_style_calls_on_a_known_spectrum():
+    a, q = quadratic(LAMS_POS)
+    h = on_quadratic(a)
+    top, vectors = h.eigenvalues(tol=1e-6, max_iter=500)
+    np.testing.assert_allclose(top, [10.0], rtol=1e-4)
+    assert abs(np.dot(ravel_pytree(vectors[0])[0], q[:, 0])) == pytest.approx(1.0, abs=1e-3)
+    top3, vectors3 = h.eigenvalues(top_n=3, order=DIM)
+    np.testing.assert_allclose(top3, [10.0, 4.0, 4.0], rtol=1e-4)
+    assert len(vectors3) == 3 and jax.tree.structure(vectors3[2]) == jax.tree.structure(h.params)
+    trace, stderr = h.trace(num_samples=40)
+    assert abs(trace - LAMS_POS.sum()) < 4 * stderr and stderr > 0
+    grid, density = h.density(order=DIM, num_draws=2)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-2)
+    inside = (grid > LAMS_POS.min() - 1) & (grid < LAMS_POS.max() + 1)
+    assert np.trapezoid(density[inside], grid[inside]) > 0.99
+    # Its mean is the Rayleigh quotient of the draws: the mean eigenvalue, 0.93, in expectation.
+    assert np.trapezoid(density * grid, grid) == pytest.approx(LAMS_POS.mean(), abs=1.5)

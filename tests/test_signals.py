@@ -2,6 +2,7 @@ import functools
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +75,7 @@ def test_activation_gradients_match_finite_differences():
         variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
         batch = {'image': batch['image'].astype(jnp.float64), 'label': batch['label']}
         _, _, act_grads, _, _ = _signals(model, variables, batch)
-        zeros = steps.perturbation_zeros(model, batch['image'])
+        zeros = signals.perturbation_zeros(model, variables, (batch['image'],), train=True)
 
         def loss_at(perturbations):
             logits = model.apply(
@@ -194,3 +195,51 @@ def test_plot_signals_draws_each_run_and_writes_its_numbers(tmp_path):
     (tmp_path / 'c' / 'metrics.jsonl').write_text('{"step": 1, "train/loss": 2.0}\n')
     with pytest.raises(ValueError, match='no probe rows'):
         plots.plot_signals([str(tmp_path / 'c')], str(out))
+
+
+class _AnyNet(flax.linen.Module):
+    """Not a resjax model: names sort against the forward order, LayerNorm and dropout."""
+
+    @flax.linen.compact
+    def __call__(self, x, train):
+        x = flax.linen.Dense(6, name='z_in')(x)
+        x = flax.linen.LayerNorm(name='m_norm')(x)
+        x = flax.linen.Dropout(0.5, deterministic=not train)(flax.linen.relu(x))
+        return flax.linen.Dense(3, name='a_out')(x)
+
+
+def test_any_model_signals_match_plain_jax_gradients():
+    net, key = _AnyNet(), jax.random.PRNGKey(0)
+    x, y = jax.random.normal(key, (8, 5)), jnp.arange(8) % 3
+    variables = net.init(key, x, train=False)
+    loss = lambda out: jnp.mean(steps.cross_entropy(out, y))
+    assert signals.layer_order(net, variables, (x,), train=False) == ['z_in', 'm_norm', 'a_out']
+    m = signals.measure(net, variables, (x,), loss, taps=['m_norm'], train=False)
+    assert list(m)[:2] == ['grad_norm/z_in', 'param_norm/z_in']
+
+    # Independent: jax.grad of the plain apply, and of the head as a function of the tapped h.
+    grads = jax.grad(lambda p: loss(net.apply({'params': p}, x, train=False)))(variables['params'])
+    for layer in ('z_in', 'm_norm', 'a_out'):
+        expected = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads[layer])))
+        np.testing.assert_allclose(m[f'grad_norm/{layer}'], expected, rtol=1e-5)
+    _, state = net.apply(variables, x, train=False, capture_intermediates=True)
+    h = state['intermediates']['m_norm']['__call__'][0]
+    head = lambda h: loss(flax.linen.Dense(3).apply({'params': variables['params']['a_out']}, h))
+    dh = jax.grad(lambda h: head(flax.linen.relu(h)))(h)
+    np.testing.assert_allclose(m['act_grad_norm/m_norm'], np.linalg.norm(dh), rtol=1e-5)
+    np.testing.assert_allclose(m['act_std/m_norm'], np.std(h), rtol=1e-5)
+    logits = net.apply(variables, x, train=False)
+    dz = (jax.nn.softmax(logits) - jax.nn.one_hot(y, 3)) / len(y)
+    np.testing.assert_allclose(m['act_grad_norm/output'], np.linalg.norm(dz), rtol=1e-5)
+    gsc = np.linalg.norm(dh) * np.linalg.norm(h) / (np.linalg.norm(dz) * np.linalg.norm(logits))
+    np.testing.assert_allclose(m['gsc/m_norm'], gsc, rtol=1e-5)
+    assert m['gsc/output'] == pytest.approx(1.0)
+
+    # Dropout: the rng given is the one used (same key, same numbers; another, others).
+    at = lambda k: signals.measure(net, variables, (x,), loss, rngs={'dropout': k}, train=True)
+    a, b, c = at(jax.random.PRNGKey(1)), at(jax.random.PRNGKey(1)), at(jax.random.PRNGKey(2))
+    assert a['grad_norm/z_in'] == b['grad_norm/z_in'] != c['grad_norm/z_in']
+    names, _ = signals.profile(
+        m, 'grad_norm', order=signals.layer_order(net, variables, (x,), train=False)
+    )
+    assert names == ['z_in', 'm_norm', 'a_out']

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from resjax.models import conv as conv_lib
+from resjax.probes import signals
 
 # He et al. 2015 ("Delving Deep into Rectifiers") normal init, as the ResNet paper uses.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -87,18 +88,6 @@ def _conv_layer(module: nn.Module, features: int, k: int, strides: int, name: st
     )
 
 
-def _observe(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
-    """Exposes `x` to the signal probes; a no-op unless the caller asks for them.
-
-    `sow` stores the activation in the 'intermediates' collection and `perturb` adds a zero
-    'perturbations' variable whose gradient is dLoss/dx (Flax's documented way to get
-    activation gradients). Both do nothing when their collection is not mutable/present, so the
-    ordinary train step pays nothing.
-    """
-    module.sow('intermediates', name, x)
-    return module.perturb(name, x)
-
-
 class Block(nn.Module):
     """A residual block's skeleton: convolutions `layers()`, each followed by its norm (and a
     ReLU but after the last); with `residual`, plus a shortcut (paper §3.3), then the ReLU.
@@ -135,20 +124,22 @@ class Block(nn.Module):
             for i, (features, k, strides) in enumerate(layers, 1):
                 y = conv(features, k, strides, f'conv{i}')(y)
                 if i < last:
-                    y = nn.relu(_observe(self, f'response{i}', norm(f'norm{i + 1}')(y, train)))
+                    y = nn.relu(
+                        signals.observe(self, f'response{i}', norm(f'norm{i + 1}')(y, train))
+                    )
             if self.residual:
                 y = _add_shortcut(self, y, _shortcut(self, shortcut_in, train, conv, norm))
-            return _observe(self, 'output', y)
+            return signals.observe(self, 'output', y)
         y = x
         for i, (features, k, strides) in enumerate(layers, 1):
             y = conv(features, k, strides, f'conv{i}')(y)
             zero = i == last and self.zero_init_last
-            y = _observe(self, f'response{i}', norm(f'norm{i}', zero)(y, train))
+            y = signals.observe(self, f'response{i}', norm(f'norm{i}', zero)(y, train))
             if i < last:
                 y = nn.relu(y)
         if self.residual:
             y = _add_shortcut(self, y, _shortcut(self, x, train, conv, norm))
-        return _observe(self, 'output', nn.relu(y))
+        return signals.observe(self, 'output', nn.relu(y))
 
 
 def _add_shortcut(block: nn.Module, branch: jax.Array, shortcut: jax.Array) -> jax.Array:
@@ -224,7 +215,7 @@ class Stem(nn.Module):
         x = _conv_layer(self, self.width, k, s, 'conv')(x)
         if not self.preactivation:
             x = nn.relu(
-                _observe(
+                signals.observe(
                     self,
                     'response',
                     Norm(self.norm, False, self.axis_name, self.dtype, name='norm')(x, train),
@@ -232,7 +223,7 @@ class Stem(nn.Module):
             )
         if self.family == 'imagenet':
             x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
-        return _observe(self, 'output', x)
+        return signals.observe(self, 'output', x)
 
 
 class Head(nn.Module):
@@ -352,4 +343,4 @@ class ResNet(nn.Module):
         x = Head(
             self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
         )(x, train)
-        return _observe(self, 'logits', x.astype(jnp.promote_types(self.dtype, jnp.float32)))
+        return signals.observe(self, 'logits', x.astype(jnp.promote_types(self.dtype, jnp.float32)))

@@ -16,7 +16,10 @@ use `Precision.HIGHEST` (GPU default f32 matmuls are TF32). Eigenvalues come bac
 numpy (one tridiagonal solve on the host), vectors as flat device arrays (`Hessian.unravel`).
 
     h = curvature.Hessian(loss_fn, params, batches)
-    top = curvature.top_eigenpairs(h.hvp, h.random(key), order=40, k=3)
+    eigenvalues, eigenvectors = h.eigenvalues(top_n=3)    # PyHessian's one-call interface
+    trace, stderr = h.trace()
+    grid, density = h.density()
+    top = curvature.top_eigenpairs(h.hvp, h.random(key), order=40, k=3)  # or each algorithm
     trace, stderr = curvature.hutchinson_trace(h.hvp, h.dim, key, num_samples=20, dtype=h.dtype)
 
 `loss_fn` must be deterministic (fixed dropout rng; BatchNorm in eval mode or on the probe
@@ -202,6 +205,37 @@ class Hessian:
     def random(self, key: jax.Array, sampler: str = 'normal') -> jax.Array:
         """A flat random vector ('normal' or 'rademacher'), placed like the params."""
         return jax.device_put(_draw(key, self.dim, self.dtype, sampler), self._sharding)
+
+    # PyHessian's one-call interface, on the algorithms below.
+
+    def eigenvalues(
+        self, top_n: int = 1, tol: float = 1e-3, max_iter: int = 100, order: int = 40, seed: int = 0
+    ) -> tuple[np.ndarray, list[PyTree]]:
+        """The `top_n` algebraically largest eigenvalues (float64, descending) and their unit
+        eigenvectors as params-shaped pytrees. `top_n=1`: `lambda_max` (power iteration to
+        relative change `tol`, at most `max_iter` HVPs per run, as PyHessian's
+        `eigenvalues()`); more: `top_eigenpairs` (`order` Lanczos steps; residuals there)."""
+        key = jax.random.PRNGKey(seed)
+        if top_n == 1:
+            value, vector, _ = lambda_max(self.hvp, self.random(key), max_iter, tol)
+            return np.array([value]), [self.unflatten(vector)]
+        top = top_eigenpairs(self.hvp, self.random(key), max(order, top_n), top_n, key=key)
+        return top['eigenvalues'], [self.unflatten(v) for v in top['vectors']]
+
+    def trace(self, num_samples: int = 100, seed: int = 0) -> tuple[float, float]:
+        """Hutchinson estimate of trace(H) from `num_samples` Rademacher HVPs, with its standard
+        error (`hutchinson_trace`)."""
+        key = jax.random.PRNGKey(seed)
+        return hutchinson_trace(self.hvp, self.dim, key, num_samples, self.dtype)[:2]
+
+    def density(
+        self, order: int = 100, num_draws: int = 1, seed: int = 0, **kwargs
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The smoothed eigenvalue density (grid, density; integrates to 1) from stochastic
+        Lanczos quadrature: `num_draws` runs of `order` steps (`slq`, `spectral_density`,
+        which takes `kwargs`: grid, sigma, num_grid)."""
+        nodes, weights = slq(self.hvp, self.dim, jax.random.PRNGKey(seed), order, num_draws)
+        return spectral_density(nodes, weights, **kwargs)
 
 
 _ravel = jax.jit(lambda tree: ravel_pytree(tree)[0])
