@@ -17,9 +17,14 @@ statistics not updated), recomputed and with the gradient linearised once
 (`curvature.Hessian`; `linearize_ms` is the first linearised HVP, linearisation included),
 and the train loop's sharpness probe (`hessian.make_sharpness_probe`: algebraic lambda_max by
 power iteration to relative tolerance 1e-3, at most `--max_hvps` HVPs plus one for the
-gradient curvature), timed after its compile. `--torch` adds the same
-model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and bfloat16 by
-autocast on a GPU; channels-last on a GPU). `--pipeline` adds the images/sec of the digits and
+gradient curvature), timed after its compile; and lambda_max to 1e-3 with at most
+`--power_iters` HVPs, BN in eval mode (`lambda_max_lin*`: linearised, now;
+`lambda_max_recomputed*`: every HVP recomputed, as before), construction included. `--torch`
+adds the same model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and
+bfloat16 by autocast on a GPU; channels-last on a GPU); with `--hvp` its double-backward HVP
+recomputed and with the gradient graph reused (PyHessian's), and on the CIFAR family PyHessian's
+`eigenvalues()` on resjax's own weights and batch (the `pyhessian` package; same BN mode,
+tolerance and HVP budget). `--pipeline` adds the images/sec of the digits and
 synthetic input pipelines (numpy batches), and with `--image_folder ROOT` that of an image folder
 (`ROOT/{train,test}/<class>/<image>`, e.g. CIFAR-10 as files: decode + CIFAR augmentation, 32x32)
 and its ratio to the step's images/sec. `--width` scales every stage width (`model.width`).
@@ -38,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
@@ -45,12 +51,13 @@ from absl import app, flags, logging
 
 from resjax import config_lib, data, models, optim, steps, xla
 from resjax.models.resnet import IMAGENET_STAGES
-from resjax.probes import curvature, hessian
+from resjax.probes import curvature, hessian, signals
 
 DEFAULT_MODELS = ['resnet20', 'plain20', 'resnet56', 'plain56', 'resnet110', 'plain110']
 WARMUP = 2
 LAMBDA_TOL = 1e-3
 MAX_HVPS = 20  # As the training probe's default budget, probes.hessian_iters.
+POWER_ITERS = 100  # PyHessian's eigenvalues(maxIter=100).
 
 
 # ----- Model names ------------------------------------------------------------------------
@@ -149,11 +156,20 @@ def synthetic_batch(batch_size: int, shape, classes: int) -> dict:
 
 
 def time_curvature(
-    model, state, batch, num_calls: int, max_hvps: int, log, compiler_options=None
+    model,
+    state,
+    batch,
+    num_calls: int,
+    max_hvps: int,
+    log,
+    compiler_options=None,
+    power_iters: int = POWER_ITERS,
 ) -> dict:
     """One gradient vs one HVP of the same loss (medians), and power iteration to LAMBDA_TOL.
 
-    `lambda_max` is the algebraic top eigenvalue from the train loop's sharpness probe.
+    `lambda_max` is the algebraic top eigenvalue from the train loop's sharpness probe (at most
+    `max_hvps` HVPs); `lambda_max_lin` and `lambda_max_recomputed` the library's `lambda_max`
+    with at most `power_iters`, timed with the operator's construction.
     """
     # The probed loss of resjax.probes: mean cross-entropy, BN in train mode on this batch with
     # its running statistics not updated.
@@ -200,7 +216,29 @@ def time_curvature(
     out, _ = probe(*args, v0)
     power_s = time.perf_counter() - start
     eig, num = out['hessian/lambda_max'], out['hessian/num_hvps']
-    return {
+
+    # lambda_max to LAMBDA_TOL with up to `power_iters` HVPs (PyHessian's `eigenvalues()`
+    # defaults) and BN in eval mode (PyHessian puts the model in eval mode), operator
+    # construction included but not the compile: with the gradient linearised once (now), and
+    # recomputing it every HVP (as every power iteration did before).
+    eval_loss, power = hessian.probe_loss(model, 'eval'), {}
+    for name, linearize in (('lambda_max_lin', True), ('lambda_max_recomputed', False)):
+        make = functools.partial(
+            curvature.Hessian, eval_loss, state.params, batch, state.batch_stats, linearize
+        )
+        jax.block_until_ready(make().hvp(v))  # compiles
+        start = time.perf_counter()
+        h = make()
+        value, _, n = curvature.lambda_max(h.hvp, h.flatten(v0), power_iters, LAMBDA_TOL)
+        power |= {name: value, f'{name}_s': time.perf_counter() - start, f'{name}_hvps': n}
+    log(
+        f'  lambda_max (BN eval) to {LAMBDA_TOL:g}: {power["lambda_max_lin"]:.5g} in '
+        f'{power["lambda_max_lin_s"]:.2f} s ({power["lambda_max_lin_hvps"]} HVPs, linearised); '
+        f'{power["lambda_max_recomputed_s"]:.2f} s '
+        f'({power["lambda_max_recomputed_hvps"]} HVPs, recomputed)'
+    )
+    return power | {
+        'loss_eval': h.loss(),
         'grad_ms': grad_ms,
         'hvp_ms': hvp_ms,
         'hvp_over_grad': hvp_ms / grad_ms,
@@ -353,12 +391,25 @@ def torch_supports(config) -> str | None:
 
 
 def time_torch(
-    config, shape, classes: int, batch_size: int, num_steps: int, jax_params: int, hvp: bool, log
+    config,
+    shape,
+    classes: int,
+    batch_size: int,
+    num_steps: int,
+    jax_params: int,
+    hvp: bool,
+    log,
+    jax_weights: tuple | None = None,
+    jax_batch: dict | None = None,
+    power_iters: int = POWER_ITERS,
 ) -> dict:
     """PyTorch eager: SGD step (momentum 0.9, wd 1e-4) and, with `hvp`, grad vs double-backward
-    HVP, on the same architecture and batch size. On the GPU (if JAX runs on one and torch sees
-    it) in channels-last layout (NHWC, as XLA's), bfloat16 by autocast (float32 parameters,
-    bfloat16 convolutions and matmuls, as resjax's `model.dtype`)."""
+    HVP recomputed (`torch_hvp_ms`) and with the gradient graph reused (`torch_hvp_reused_ms`),
+    on the same architecture and batch size; with `jax_weights` (layers in forward order,
+    params, batch_stats, loss) and `jax_batch` (numpy), PyHessian's lambda_max on resjax's own
+    weights and batch. On the GPU (if JAX runs on one and torch sees it) in channels-last
+    layout (NHWC, as XLA's), bfloat16 by autocast (float32 parameters, bfloat16 convolutions and
+    matmuls, as resjax's `model.dtype`)."""
     import contextlib
 
     import torch
@@ -416,7 +467,84 @@ def time_torch(
 
         record['torch_grad_ms'] = 1e3 * statistics.median(timed(grad))
         record['torch_hvp_ms'] = 1e3 * statistics.median(timed(hvp_once))
+        # PyHessian's HVP: the gradient graph built once, each HVP a backward through it.
+        g = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=True)
+        reused = lambda: torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True)
+        record['torch_hvp_reused_ms'] = 1e3 * statistics.median(timed(reused))
+        del g
+        if jax_weights is not None:
+            record.update(time_pyhessian(net, jax_weights, jax_batch, power_iters, log))
     return record
+
+
+def copy_weights(net, layers: Sequence[str], params, batch_stats) -> None:
+    """Loads resjax's parameters and BN statistics (numpy) into its PyTorch twin: resjax's
+    `layers` in forward order (`signals.layer_order`) against the twin's conv, BN and linear
+    modules in registration order (its forward order); HWIO kernels transposed to OIHW,
+    (in, out) dense kernels to (out, in)."""
+    import numpy as np
+    import torch
+
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+    mods = [m for m in net.modules() if isinstance(m, kinds)]
+    assert len(layers) == len(mods), (len(layers), len(mods))
+    flat_params = flax.traverse_util.flatten_dict(params, sep='/')
+    flat_stats = flax.traverse_util.flatten_dict(batch_stats, sep='/')
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))
+    with torch.no_grad():
+        for name, m in zip(layers, mods, strict=True):
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(as_tensor(flat_params[f'{name}/kernel'].transpose(3, 2, 0, 1)))
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.copy_(as_tensor(flat_params[f'{name}/kernel'].T))
+                m.bias.copy_(as_tensor(flat_params[f'{name}/bias']))
+            else:
+                m.weight.copy_(as_tensor(flat_params[f'{name}/scale']))
+                m.bias.copy_(as_tensor(flat_params[f'{name}/bias']))
+                m.running_mean.copy_(as_tensor(flat_stats[f'{name}/mean']))
+                m.running_var.copy_(as_tensor(flat_stats[f'{name}/var']))
+
+
+def time_pyhessian(net, jax_weights, jax_batch, power_iters: int, log) -> dict:
+    """PyHessian's `hessian(...).eigenvalues()` (power iteration to relative change
+    LAMBDA_TOL, at most `power_iters` HVPs, its graph built once) on resjax's weights and batch,
+    BN in eval mode (PyHessian sets it), timed with its construction; its HVPs counted."""
+    import importlib
+
+    import numpy as np
+    import torch
+    from torch.nn import functional as F
+
+    # The module, not the `hessian` class that pyhessian/__init__ puts under the same name.
+    pyh = importlib.import_module('pyhessian.hessian')
+    layers, params, batch_stats, jax_loss = jax_weights
+    copy_weights(net, layers, params, batch_stats)
+    net.eval()
+    x = torch.from_numpy(np.ascontiguousarray(jax_batch['image'].transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(np.asarray(jax_batch['label'], np.int64))
+    with torch.no_grad():
+        loss = float(F.cross_entropy(net(x), y))
+    log(f'  torch loss on resjax weights {loss:.6f} (resjax {jax_loss:.6f})')
+    if abs(loss - jax_loss) > 1e-4 * abs(jax_loss):
+        raise AssertionError(f'the twins differ: loss {loss} vs {jax_loss}')
+    calls, hvp = [0], pyh.hessian_vector_product
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return hvp(*args, **kwargs)
+
+    pyh.hessian_vector_product = counted
+    try:
+        net.zero_grad(set_to_none=True)  # PyHessian reads p.grad after its backward.
+        start = time.perf_counter()
+        h = pyh.hessian(net, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+        eigenvalues, _ = h.eigenvalues(maxIter=power_iters, tol=LAMBDA_TOL, top_n=1)
+        seconds = time.perf_counter() - start
+    finally:
+        pyh.hessian_vector_product = hvp
+    log(f'  PyHessian eigenvalues(): {eigenvalues[0]:.5g} in {seconds:.2f} s ({calls[0]} HVPs)')
+    return {'pyhessian_lambda_max': eigenvalues[0], 'pyhessian_s': seconds,
+            'pyhessian_hvps': calls[0]}  # fmt: skip
 
 
 # ----- The benchmark ----------------------------------------------------------------------------
@@ -435,6 +563,7 @@ def run_benchmark(
     image_folder: str = '',
     width: float = 1.0,
     max_hvps: int = MAX_HVPS,
+    power_iters: int = POWER_ITERS,
     weight_grads: Sequence[str] = ('auto',),
     scan_blocks: Sequence[bool] = (False,),
     xla_options: Sequence[str] = ('resjax',),
@@ -500,9 +629,17 @@ def run_benchmark(
         }
 
         # ----- Curvature first: the train step donates (consumes) the state -----
-        curv = {}
+        curv, jax_weights, jax_batch = {}, None, None
         if hvp:
-            curv = time_curvature(model, state, batch, num_steps, max_hvps, log, compiler_options)
+            curv = time_curvature(
+                model, state, batch, num_steps, max_hvps, log, compiler_options, power_iters
+            )
+            if torch and not torch_supports(config):  # PyHessian on these weights and batch.
+                variables = {'params': state.params, 'batch_stats': state.batch_stats}
+                layers = signals.layer_order(model, variables, (batch['image'],), train=False)
+                weights = jax.device_get((variables['params'], variables['batch_stats']))
+                jax_weights = (layers, *weights, curv['loss_eval'])
+                jax_batch = jax.device_get(batch)
 
         # ----- Train step, and its variant with the per-layer signal probes -----
         state, timing = time_train_step(
@@ -528,7 +665,19 @@ def run_benchmark(
             log(f'  torch: {why_not}; skipped')
         elif torch:
             record.update(
-                time_torch(config, shape, classes, batch_size, num_steps, num_params, hvp, log)
+                time_torch(
+                    config,
+                    shape,
+                    classes,
+                    batch_size,
+                    num_steps,
+                    num_params,
+                    hvp,
+                    log,
+                    jax_weights,
+                    jax_batch,
+                    power_iters,
+                )  # fmt: skip
             )
             record['torch_ratio'] = record['images_per_sec'] / record['torch_images_per_sec']
 
@@ -580,7 +729,14 @@ RECORD_COLUMNS = [
     ('lambda_max_ms_per_hvp', 'ms/hvp_loop', '{:.1f}'),
     ('torch_images_per_sec', 'torch_img/s', '{:.0f}'),
     ('torch_ratio', 'jax/torch', '{:.2f}'),
+    ('lambda_max_lin_s', 'lmax_lin_s', '{:.2f}'),
+    ('lambda_max_lin_hvps', 'lmax_lin_hvps', '{}'),
+    ('lambda_max_recomputed_s', 'lmax_recomp_s', '{:.2f}'),
     ('torch_hvp_ms', 'torch_hvp_ms', '{:.1f}'),
+    ('torch_hvp_reused_ms', 'torch_hvp_reused_ms', '{:.1f}'),
+    ('pyhessian_lambda_max', 'pyh_lambda_max', '{:.5g}'),
+    ('pyhessian_s', 'pyh_s', '{:.2f}'),
+    ('pyhessian_hvps', 'pyh_hvps', '{}'),
     ('pipeline_images_per_sec', 'digits_img/s', '{:.0f}'),
     ('pipeline_synthetic_images_per_sec', 'synth_img/s', '{:.0f}'),
     ('pipeline_folder_images_per_sec', 'folder_img/s', '{:.0f}'),
@@ -610,7 +766,10 @@ def define_flags() -> None:
     flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (model.dtype).')
     flags.DEFINE_string('json', None, 'Write the records here as a JSON list.')
     flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
-    flags.DEFINE_integer('max_hvps', MAX_HVPS, '--hvp: most HVPs of the power iteration.')
+    flags.DEFINE_integer('max_hvps', MAX_HVPS, '--hvp: most HVPs of the sharpness probe.')
+    flags.DEFINE_integer(
+        'power_iters', POWER_ITERS, '--hvp: most HVPs of lambda_max to 1e-3 (and PyHessian).'
+    )
     flags.DEFINE_bool('torch', False, 'Also time the same model in PyTorch eager (if installed).')
     flags.DEFINE_bool('hvp', False, 'Also time a gradient vs an HVP, and lambda_max.')
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
@@ -638,8 +797,11 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
         batches = [int(b) for b in FLAGS.batch if b.isdigit() and int(b) > 0]
-        if len(batches) != len(FLAGS.batch) or FLAGS.steps <= 0 or FLAGS.max_hvps <= 0:
-            raise ValueError('--batch, --steps and --max_hvps must be positive integers')
+        counts = (FLAGS.steps, FLAGS.max_hvps, FLAGS.power_iters)
+        if len(batches) != len(FLAGS.batch) or min(counts) <= 0:
+            raise ValueError(
+                '--batch, --steps, --max_hvps and --power_iters must be positive integers'
+            )
         if set(FLAGS.scan_blocks) - {'false', 'true'}:
             raise ValueError(f'--scan_blocks={FLAGS.scan_blocks}: use false and/or true')
         if set(FLAGS.xla_options) - {'resjax', 'jax'}:
@@ -665,6 +827,7 @@ def main(argv):
         image_folder=FLAGS.image_folder,
         width=FLAGS.width,
         max_hvps=FLAGS.max_hvps,
+        power_iters=FLAGS.power_iters,
         weight_grads=FLAGS.weight_grad,
         scan_blocks=[s == 'true' for s in FLAGS.scan_blocks],
         xla_options=FLAGS.xla_options,

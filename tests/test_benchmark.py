@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from resjax import models
+from resjax.probes import signals
 
 SCRIPT = pathlib.Path(__file__).parent.parent / 'scripts' / 'benchmark.py'
 
@@ -71,6 +72,27 @@ def test_torch_model_matches_parameter_count(benchmark):
         net = benchmark.torch_model(config, classes)
         assert sum(p.numel() for p in net.parameters()) == _num_params(benchmark, name)
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_torch_twin_on_copied_weights_computes_the_same_logits(benchmark):
+    # What makes the PyHessian comparison one of the same model: resjax's weights, loaded in
+    # forward order, give the twin resjax's logits (BN eval mode, nonzero running statistics).
+    torch = pytest.importorskip('torch')
+    import numpy as np
+
+    config, shape, classes = benchmark.model_config('resnet8')
+    model = models.create_model(config.model, classes)
+    x = np.random.default_rng(0).normal(size=(4, *shape)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    stats = jax.tree.map(lambda s: s + np.float32(0.3), variables['batch_stats'])
+    variables = {'params': variables['params'], 'batch_stats': stats}
+    layers = signals.layer_order(model, variables, (x,), train=False)
+    net = benchmark.torch_model(config, classes).eval()
+    benchmark.copy_weights(net, layers, *jax.device_get(list(variables.values())))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    expected = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_image_folder_pipeline_and_width(benchmark, tmp_path):
