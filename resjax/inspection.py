@@ -308,8 +308,8 @@ def probe_batches(run: Run, opts: Options) -> list[dict[str, jax.Array]]:
 
 
 def point(state: steps.TrainState) -> dict:
-    """The variables of `state` as a landscape point."""
-    return landscape.as_point(state.params, state.batch_stats)
+    """The variables of `state` as a landscape point: {'params', 'batch_stats'}."""
+    return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,16 +387,35 @@ def probe_summary(runs: list[Run], out_dir: str, opts: Options) -> dict:
 
 def evaluate(run: Run, batches: list[dict], bn_mode: str = 'eval') -> dict[str, float]:
     """Mean loss (nats) and accuracy of the run's checkpoint over every unmasked example."""
-    loss, acc = landscape.evaluate_points(
-        _grid_eval(run.model, bn_mode), point(run.state), [], np.zeros((1, 0)), batches, 1, 'eval'
+    values = landscape.evaluate_points(
+        _point_loss(run.model, bn_mode), point(run.state), [], np.zeros((1, 0)), batches, chunk=1
     )
-    return {'loss': float(loss[0]), 'accuracy': float(acc[0])}
+    return {k: float(v[0]) for k, v in values.items()}
 
 
 @functools.cache
-def _grid_eval(model, bn_mode):
-    # One compiled function per (model, BN mode), shared by eval, lesion and the landscapes.
-    return landscape.make_grid_eval(model, bn_mode)
+def _point_loss(model: Any, bn_mode: str) -> Callable[[dict, dict], dict[str, jax.Array]]:
+    """`loss(point, batch) -> {'loss', 'accuracy'}`: the mean cross-entropy (nats) and the
+    fraction correct over the unmasked examples of `batch` at the variables `point`
+    ({'params', 'batch_stats'}), BN in `bn_mode` (running statistics never updated): the loss
+    of the landscape probes. One function per (model, BN mode), so eval, lesion and the
+    landscapes share their compiles."""
+    if bn_mode not in hessian.BN_MODES:
+        raise ValueError(f'bn_mode={bn_mode!r} is unknown; use one of {hessian.BN_MODES}')
+
+    def loss(point, batch):
+        if bn_mode == 'train':  # The updated statistics are discarded.
+            logits, _ = model.apply(point, batch['image'], train=True, mutable=['batch_stats'])
+        else:
+            logits = model.apply(point, batch['image'], train=False)
+        mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+        correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+        return {
+            'loss': jnp.sum(steps.cross_entropy(logits, batch['label']) * mask) / jnp.sum(mask),
+            'accuracy': jnp.sum(correct * mask) / jnp.sum(mask),
+        }
+
+    return loss
 
 
 def test_batches(run: Run, limit: int = 0) -> list[dict]:
@@ -572,26 +591,26 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
         make = _direction_fn(opts.biasbn, params)
         dirs = [make(jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
     elif opts.direction in ('eigen', 'gradient'):
-        batches = probe_batches(run, opts)
+        h = hessian_of(run, probe_batches(run, opts), opts.bn_mode)
         norm = otu_norm(params)
         dirs = []
         if opts.direction == 'gradient':
-            grad = mean_gradient(run, batches, opts.bn_mode)
-            dirs.append(grad)
-            info['gradient_norm'] = otu_norm(grad)
+            dirs.append(landscape.gradient_direction(h))
+            info['gradient_norm'] = otu_norm(dirs[0])
         if len(dirs) < num:
-            h = hessian_of(run, batches, opts.bn_mode)
-            top = curvature.top_eigenpairs(
-                h.hvp, h.random(jax.random.PRNGKey(opts.seed)), opts.lanczos_order,
-                num - len(dirs), progress=f'{run.label} eigen directions',
+            eigen, top = landscape.eigen_directions(
+                h, num - len(dirs), jax.random.PRNGKey(opts.seed), opts.lanczos_order,
+                progress=f'{run.label} eigen directions',
             )  # fmt: skip
-            dirs += [h.unflatten(v) for v in top['vectors']]
+            dirs += eigen
             info['eigenvalues'] = top['eigenvalues'].tolist()
         dirs = [landscape.scale_to_norm(d, norm) for d in dirs[:num]]
         info['scaled_to_norm'] = norm
     else:
         raise InspectError(f'--direction={opts.direction!r}; use random, eigen or gradient')
-    return [landscape.params_direction(d, stats) for d in dirs], info
+    # The running statistics stay fixed along every direction.
+    zero_stats = jax.tree.map(jnp.zeros_like, stats)
+    return [{'params': d, 'batch_stats': zero_stats} for d in dirs], info
 
 
 _DIRECTION_FNS: dict = {}
@@ -609,24 +628,6 @@ def _direction_fn(biasbn: str, params: PyTree) -> Callable[[jax.Array, PyTree], 
     return _DIRECTION_FNS[key]
 
 
-def mean_gradient(run: Run, batches: list[dict], bn_mode: str) -> PyTree:
-    """Gradient of the mean loss over every unmasked example of `batches` at the checkpoint."""
-
-    @xla.jit
-    def grad(params, batch):
-        return jax.grad(hessian.mean_loss_fn(run.model, run.state.batch_stats, batch, bn_mode))(
-            params
-        )
-
-    counts = [float(b['mask'].sum()) for b in batches]
-    total = sum(counts)
-    out = None
-    for b, n in zip(batches, counts):
-        g = jax.tree.map(lambda x, n=n: x * (n / total), grad(run.state.params, b))
-        out = g if out is None else jax.tree.map(jnp.add, out, g)
-    return out
-
-
 def otu_norm(tree: PyTree) -> float:
     """L2 norm over every leaf of `tree` (float)."""
     return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
@@ -640,16 +641,11 @@ def landscape_1d(run: Run, opts: Options, directions: list[dict] | None = None) 
     else:
         info = {'kind': 'given'}
     coeffs = np.linspace(-opts.range, opts.range, opts.grid)
-    loss, acc = landscape.evaluate_points(
-        _grid_eval(run.model, opts.bn_mode),
-        point(run.state),
-        directions[:1],
-        coeffs[:, None],
-        batches,
-        opts.chunk,
-        f'{run.label} 1-D landscape',
-    )
-    return {'alphas': coeffs, 'loss': loss, 'accuracy': acc, 'directions': info}
+    values = landscape.slice_1d(
+        _point_loss(run.model, opts.bn_mode), point(run.state), directions[0], coeffs, batches,
+        chunk=opts.chunk, progress=f'{run.label} 1-D landscape',
+    )  # fmt: skip
+    return {'alphas': coeffs, **values, 'directions': info}
 
 
 def probe_landscape1d(runs: list[Run], out_dir: str, opts: Options) -> dict:
@@ -701,23 +697,16 @@ def landscape_2d(run: Run, opts: Options) -> dict:
     batches = probe_batches(run, opts)
     directions, info = landscape_directions(run, opts, 2)
     xs = np.linspace(-opts.range, opts.range, opts.grid)
-    gx, gy = np.meshgrid(xs, xs, indexing='ij')
-    coeffs = np.stack([gx.ravel(), gy.ravel()], 1)
-    loss, acc = landscape.evaluate_points(
-        _grid_eval(run.model, opts.bn_mode),
-        point(run.state),
-        directions,
-        coeffs,
-        batches,
-        opts.chunk,
-        f'{run.label} 2-D landscape',
-    )
-    loss, acc = loss.reshape(gx.shape), acc.reshape(gx.shape)
+    values = landscape.slice_2d(
+        _point_loss(run.model, opts.bn_mode), point(run.state), directions, xs, xs, batches,
+        chunk=opts.chunk, progress=f'{run.label} 2-D landscape',
+    )  # fmt: skip
+    loss = values['loss']
     return {
         'xs': xs,
         'ys': xs,
         'loss': loss,
-        'accuracy': acc,
+        'accuracy': values['accuracy'],
         'directions': info,
         'convexity': landscape.convexity_summary(loss, xs, xs),
         'convexity_r_half': landscape.convexity_summary(loss, xs, xs, radius=opts.range / 2),
@@ -797,19 +786,13 @@ def interpolation(run: Run, opts: Options, other: Run | None = None) -> dict:
     else:
         start = point(other.state)
         start_name = f'{other.workdir} step {other.step}'
-    direction = jax.jit(lambda a, b: jax.tree.map(jnp.subtract, a, b))(end, start)
     alphas = np.linspace(opts.alpha_min, opts.alpha_max, opts.grid)
     alphas = np.union1d(alphas, [0.0, 1.0])  # The endpoints are always on the grid.
-    loss, acc = landscape.evaluate_points(
-        _grid_eval(run.model, opts.bn_mode),
-        start,
-        [direction],
-        alphas[:, None],
-        batches,
-        opts.chunk,
-        f'{run.label} interpolation',
-    )
-    return {'alphas': alphas, 'loss': loss, 'accuracy': acc, 'start': start_name}
+    values = landscape.interpolation(
+        _point_loss(run.model, opts.bn_mode), start, end, alphas, batches,
+        chunk=opts.chunk, progress=f'{run.label} interpolation',
+    )  # fmt: skip
+    return {'alphas': alphas, **values, 'start': start_name}
 
 
 def probe_interpolate(runs: list[Run], out_dir: str, opts: Options) -> dict:

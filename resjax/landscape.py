@@ -1,24 +1,30 @@
-"""Loss-landscape geometry as pure functions: filter-normalised directions, losses on grids of
-parameter sets evaluated in vmapped chunks, straight-line interpolation and convexity summaries
-of a 2-D grid. Curvature (eigen directions, Lanczos) is `resjax.probes.curvature`'s.
+"""Loss-landscape geometry of any JAX loss, as pure functions: directions (filter-normalised
+random, Hessian eigenvectors, the gradient), the loss at many points origin + sum_i c_i d_i
+evaluated in vmapped chunks (1-D and 2-D slices, straight-line interpolation) and convexity
+summaries of a 2-D grid.
 
-A *point* is a pytree `{'params': ..., 'batch_stats': ...}` (the variables a forward pass needs);
-a *direction* has the same structure. The point at coefficients c is `origin + sum_i c_i d_i`,
-leaf by leaf. Random and curvature directions leave 'batch_stats' alone (zero direction);
-interpolation moves the running statistics along with the weights, so both endpoints are exact.
+The input is what `resjax.probes.curvature` takes: a MEAN loss `loss_fn(params, batch)` over one
+batch's examples, closed over the model and anything fixed (BatchNorm statistics and mode, a
+dropout rng), returning a scalar or a dict of scalars (e.g. {'loss', 'accuracy'}: every entry
+is averaged the same way). `batches` is one batch or a list/tuple of them; a value over all of
+them is the EXAMPLE-weighted mean, batch b weighted by `curvature.example_count(b) / total`
+(masked examples do not count), so it equals the value on one concatenated batch. `params` is
+any pytree of floating arrays; a direction has its structure. Nothing here knows about Flax
+variables, cross-entropy or workdirs.
 
-All losses are the MEAN softmax cross-entropy (nats) over the examples, accuracies the fraction
-correct; BatchNorm runs in 'eval' mode (running statistics) unless `bn_mode='train'` (each
-batch's own statistics, running ones untouched), as in `resjax.probes.hessian`.
+    d1, d2 = (landscape.random_direction(jax.random.key(i), params) for i in (0, 1))
+    xs = np.linspace(-1, 1, 21)
+    loss = landscape.slice_2d(loss_fn, params, (d1, d2), xs, xs, batches)  # [21, 21]
+    summary = landscape.convexity_summary(loss, xs, xs)
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,9 +32,13 @@ import optax.tree_utils as otu
 from absl import logging
 from jax.flatten_util import ravel_pytree
 
-from resjax.steps import cross_entropy
+from resjax.probes import curvature
 
 PyTree = Any
+# A mean loss of (params, batch): a scalar or a dict of scalars.
+LossFn = Callable[[PyTree, PyTree], Any]
+# What the evaluations return: float64 numpy arrays, one per output of the loss.
+Values = np.ndarray | dict[str, np.ndarray]
 BIASBN = ('zero', 'include')
 
 
@@ -90,98 +100,158 @@ def scale_to_norm(direction: PyTree, norm: float | jax.Array) -> PyTree:
     return otu.tree_scale(jnp.where(n > 0, norm / jnp.where(n > 0, n, 1.0), 0.0), direction)
 
 
-def as_point(params: PyTree, batch_stats: PyTree) -> dict:
-    """The variables of a forward pass as one pytree: {'params', 'batch_stats'}."""
-    return {'params': params, 'batch_stats': batch_stats}
+def gradient_direction(hessian: curvature.Hessian) -> PyTree:
+    """The gradient of the mean loss over `hessian`'s batches at its params, as a params-shaped
+    pytree (`curvature.Hessian.gradient`: batches weighted by example count). Units: loss per
+    unit of each parameter; rescale with `scale_to_norm`."""
+    return hessian.unflatten(hessian.gradient())
 
 
-def params_direction(params_direction_tree: PyTree, batch_stats: PyTree) -> dict:
-    """A point-shaped direction that moves the parameters only (running statistics fixed)."""
-    return as_point(params_direction_tree, jax.tree.map(jnp.zeros_like, batch_stats))
+def eigen_directions(
+    hessian: curvature.Hessian, k: int, key: jax.Array, order: int = 40, progress: str = ''
+) -> tuple[list[PyTree], dict[str, Any]]:
+    """The eigenvectors of the k algebraically largest eigenvalues of the Hessian of the mean
+    loss, as params-shaped pytrees of unit L2 norm (sign arbitrary).
+
+    `order` Lanczos steps from `hessian.random(key)` (`curvature.top_eigenpairs`; the same key
+    and order give the same run as a `top_eigenpairs` call of the curvature probes). Returns
+    (directions, `top_eigenpairs`' dict: 'eigenvalues' descending in loss / param**2,
+    'residuals', ...). `order` + k + 1 HVPs.
+    """
+    top = curvature.top_eigenpairs(hessian.hvp, hessian.random(key), order, k, progress=progress)
+    return [hessian.unflatten(v) for v in top['vectors']], top
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss at many points.
+# The loss at many points.
 
 
-def batch_sums(
-    model: nn.Module, point: dict, batch: dict, bn_mode: str = 'eval'
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(sum of per-example cross-entropy, number correct, number of examples) over the
-    unmasked examples of `batch` at the variables `point`."""
-    variables = {'params': point['params'], 'batch_stats': point['batch_stats']}
-    if bn_mode == 'train':
-        logits, _ = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
-    elif bn_mode == 'eval':
-        logits = model.apply(variables, batch['image'], train=False)
-    else:
-        raise ValueError(f'bn_mode={bn_mode!r} is unknown; use train or eval')
-    mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
-    loss = cross_entropy(logits, batch['label'])
-    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return jnp.sum(loss * mask), jnp.sum(correct * mask), jnp.sum(mask)
+def _point(origin: PyTree, directions: tuple, c: jax.Array) -> PyTree:
+    def leaf(o, *ds):
+        return o + sum(c[i].astype(o.dtype) * d for i, d in enumerate(ds))
+
+    return jax.tree.map(leaf, origin, *directions)
 
 
-def make_grid_eval(model: nn.Module, bn_mode: str = 'eval') -> Callable[..., tuple]:
-    """Returns jitted `f(origin, directions, coeffs, batch) -> (loss_sums [P], correct [P],
-    count)`: `batch_sums` at the P points origin + sum_i coeffs[p, i] * directions[i], the P
-    points vmapped (one compiled call per chunk of grid points, not one per point)."""
-
-    def at(origin, directions, c, batch):
-        def combine(o, *ds):
-            return o + sum(c[i].astype(o.dtype) * d for i, d in enumerate(ds))
-
-        return batch_sums(model, jax.tree.map(combine, origin, *directions), batch, bn_mode)
-
-    @jax.jit
-    def grid_eval(origin, directions, coeffs, batch):
-        loss, correct, count = jax.vmap(at, in_axes=(None, None, 0, None))(
-            origin, directions, coeffs, batch
-        )
-        return loss, correct, count[0]
-
-    return grid_eval
+@functools.partial(jax.jit, static_argnums=0)
+def _values_at(loss_fn: LossFn, origin: PyTree, directions: tuple, coeffs, batch) -> Any:
+    # One compiled call per chunk of points (vmapped), not one per point.
+    at = lambda c: loss_fn(_point(origin, directions, c), batch)
+    return jax.vmap(at)(coeffs)
 
 
 def evaluate_points(
-    grid_eval: Callable[..., tuple],
-    origin: dict,
-    directions: Sequence[dict],
+    loss_fn: LossFn,
+    origin: PyTree,
+    directions: Sequence[PyTree],
     coeffs: np.ndarray,
-    batches: Sequence[dict],
+    batches: PyTree | Sequence[PyTree],
+    *,
     chunk: int = 8,
-    what: str = 'grid',
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss (nats) and accuracy at every row of `coeffs` [N, len(directions)] over all
-    `batches` (unmasked examples). Points run `chunk` at a time (the last chunk is padded so one
-    compile serves all); batches loop on the host. Logs progress with an ETA."""
+    progress: str = '',
+) -> Values:
+    """The mean loss at the points origin + sum_i coeffs[p, i] * directions[i] (leaf by leaf), for
+    every row p of `coeffs` [P, len(directions)] (no directions and coeffs [1, 0]: the origin).
+
+    Each batch's mean (`loss_fn`) is weighted by its example count over `batches` (batches
+    without examples are skipped). Points run `chunk` at a time through one vmapped, jitted call
+    (the last chunk padded, so one compile per loss function, shapes and chunk serves all;
+    define `loss_fn` once: the compile cache keys on it); batches loop on the host. Logs
+    progress with an ETA when `progress` names the run.
+
+    Returns:
+      float64 [P], or a dict of them if `loss_fn` returns a dict: the loss's own units.
+    """
+    batches = list(batches) if isinstance(batches, (list, tuple)) else [batches]
+    counts = [curvature.example_count(b) for b in batches]
+    weighted = [(b, n / sum(counts)) for b, n in zip(batches, counts) if n > 0]
+    directions = tuple(directions)
     coeffs = np.asarray(coeffs, np.float32).reshape(len(coeffs), len(directions))
     n = len(coeffs)
     padded = np.concatenate([coeffs, np.repeat(coeffs[-1:], (-n) % chunk, axis=0)])
-    loss_sum = np.zeros(len(padded))
-    correct = np.zeros(len(padded))
-    count = 0.0
-    start = time.perf_counter()
     num_chunks = len(padded) // chunk
+    chunks = []
+    start = time.perf_counter()
     for j in range(num_chunks):
         c = jnp.asarray(padded[j * chunk : (j + 1) * chunk])
-        count = 0.0
-        for batch in batches:
-            ls, cr, ct = jax.device_get(grid_eval(origin, tuple(directions), c, batch))
-            loss_sum[j * chunk : (j + 1) * chunk] += ls
-            correct[j * chunk : (j + 1) * chunk] += cr
-            count += float(ct)
-        if n > 1 and (j == 0 or (j + 1) % max(1, num_chunks // 10) == 0):
+        total = None
+        for batch, w in weighted:
+            v = jax.device_get(_values_at(loss_fn, origin, directions, c, batch))
+            v = jax.tree.map(lambda x, w=w: np.asarray(x, np.float64) * w, v)
+            total = v if total is None else jax.tree.map(np.add, total, v)
+        chunks.append(total)
+        if progress and n > 1 and (j == 0 or (j + 1) % max(1, num_chunks // 10) == 0):
             elapsed = time.perf_counter() - start
             logging.info(
                 '%s: %d/%d points, %.1f s, ETA %.0f s',
-                what,
-                min((j + 1) * chunk, n),
-                n,
-                elapsed,
+                progress, min((j + 1) * chunk, n), n, elapsed,
                 elapsed / (j + 1) * (num_chunks - j - 1),
-            )
-    return loss_sum[:n] / count, correct[:n] / count
+            )  # fmt: skip
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *chunks)
+
+
+def slice_1d(
+    loss_fn: LossFn,
+    origin: PyTree,
+    direction: PyTree,
+    alphas: np.ndarray,
+    batches: PyTree | Sequence[PyTree],
+    *,
+    chunk: int = 8,
+    progress: str = '',
+) -> Values:
+    """The mean loss at origin + a * direction for each a in `alphas` [n]: float64 [n] (or a
+    dict of them). `chunk`, `progress`: as in `evaluate_points`."""
+    alphas = np.asarray(alphas)
+    return evaluate_points(
+        loss_fn, origin, [direction], alphas[:, None], batches, chunk=chunk, progress=progress
+    )
+
+
+def slice_2d(
+    loss_fn: LossFn,
+    origin: PyTree,
+    directions: tuple[PyTree, PyTree],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    batches: PyTree | Sequence[PyTree],
+    *,
+    chunk: int = 8,
+    progress: str = '',
+) -> Values:
+    """The mean loss on the grid origin + x d1 + y d2, `directions` = (d1, d2): float64
+    [len(xs), len(ys)] (or a dict of them), entry [i, j] at (xs[i], ys[j]). `chunk`,
+    `progress`: as in `evaluate_points`."""
+    gx, gy = np.meshgrid(xs, ys, indexing='ij')
+    coeffs = np.stack([gx.ravel(), gy.ravel()], 1)
+    values = evaluate_points(
+        loss_fn, origin, directions, coeffs, batches, chunk=chunk, progress=progress
+    )
+    return jax.tree.map(lambda v: v.reshape(gx.shape), values)
+
+
+def interpolation(
+    loss_fn: LossFn,
+    start: PyTree,
+    end: PyTree,
+    alphas: np.ndarray,
+    batches: PyTree | Sequence[PyTree],
+    *,
+    chunk: int = 8,
+    progress: str = '',
+) -> Values:
+    """The mean loss at (1 - a) * start + a * end for each a in `alphas` [n] (Goodfellow et al.
+    2015; a outside [0, 1] extrapolates): float64 [n] (or a dict of them). The points are
+    exactly `start` at a = 0 and exactly `end` at a = 1, so those values are the endpoints'
+    losses. `chunk`, `progress`: as in `evaluate_points`."""
+    alphas = np.asarray(alphas, np.float64)
+    # Around a zero origin, (1 - a) start + a end has no rounding at either endpoint; the
+    # form start + a (end - start) does at a = 1.
+    zero = jax.tree.map(jnp.zeros_like, start)
+    coeffs = np.stack([1 - alphas, alphas], 1)
+    return evaluate_points(
+        loss_fn, zero, [start, end], coeffs, batches, chunk=chunk, progress=progress
+    )
 
 
 # ---------------------------------------------------------------------------------------------
