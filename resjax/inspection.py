@@ -1,8 +1,10 @@
 """Checkpoint inspection: what `scripts/inspect_checkpoint.py` does, as library functions.
 
 `load_run(workdir, step)` restores a run read-only (the workdir is never written: orbax's
-read-only manager, only finalised steps); each probe `probe_<name>(runs, out_dir, opts)` takes
-one or more loaded runs, writes its PNG and JSON/npz into `out_dir` and returns its numbers.
+read-only manager, only finalised steps). Each probe of `PROBES` is a compute function (one
+loaded run -> its numbers: no figure, no file) and a draw function in `resjax.plots` (every
+run's numbers -> a figure); `run_probe(name, runs, out_dir, opts)` runs both and writes the PNG
+beside its numbers (JSON, and npz for arrays).
 
 Semantics shared by every probe (README "Inspecting a checkpoint"):
 - loss = MEAN softmax cross-entropy in nats over the probe examples, no weight decay; accuracy
@@ -31,20 +33,25 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from resjax import checkpoint, config_lib, construct, data, landscape, models, optim, steps, xla
+from resjax import (
+    checkpoint,
+    config_lib,
+    construct,
+    data,
+    landscape,
+    models,
+    optim,
+    plots,
+    steps,
+    xla,
+)
 from resjax.probes import blocks, curvature, hessian, signals
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from resjax import plots  # noqa: E402
 
 PyTree = Any
 _NO_OPT = optax.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
@@ -320,10 +327,6 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_' else '_' for c in label).strip('_')
 
 
-def _colors():
-    return plt.cm.tab10.colors
-
-
 class _Timer:
     def __init__(self):
         self.start = time.perf_counter()
@@ -357,28 +360,28 @@ def parameter_table(params: PyTree) -> list[dict]:
     return out
 
 
-def probe_summary(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Config, step, parameter tree (shapes, counts, norms per layer); a table on stdout and
-    `summary.json`."""
+def summary_numbers(run: Run, opts: Options) -> dict:
+    """Config, step and parameter table (`parameter_table`) of the checkpoint."""
     del opts
-    result = {}
-    for run in runs:
-        table = parameter_table(jax.device_get(run.state.params))
-        total = sum(r['count'] for r in table)
-        print(f'\n== {run.label}: {run.workdir} step {run.step}, {total:,} parameters')
-        print(f'{"layer":<34} {"shapes":<42} {"count":>9} {"||W||":>9}')
-        for r in table:
-            shapes = ' '.join(f'{k}{tuple(v)}' for k, v in r['shapes'].items())
-            print(f'{r["layer"]:<34} {shapes:<42} {r["count"]:>9,} {r["norm"]:>9.4f}')
-        result[run.label] = {
-            'workdir': run.workdir,
-            'step': run.step,
-            'config': json.loads(run.config.to_json_best_effort()),
-            'num_params': total,
-            'layers': table,
-        }
-    plots.write_json(os.path.join(out_dir, 'summary.json'), result)
-    return result
+    table = parameter_table(jax.device_get(run.state.params))
+    return {
+        'workdir': run.workdir,
+        'step': run.step,
+        'config': json.loads(run.config.to_json_best_effort()),
+        'num_params': sum(r['count'] for r in table),
+        'layers': table,
+    }
+
+
+def _summary_text(label: str, r: dict) -> str:
+    lines = [
+        f'\n== {label}: {r["workdir"]} step {r["step"]}, {r["num_params"]:,} parameters',
+        f'{"layer":<34} {"shapes":<42} {"count":>9} {"||W||":>9}',
+    ]
+    for row in r['layers']:
+        shapes = ' '.join(f'{k}{tuple(v)}' for k, v in row['shapes'].items())
+        lines.append(f'{row["layer"]:<34} {shapes:<42} {row["count"]:>9,} {row["norm"]:>9.4f}')
+    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,32 +432,26 @@ def test_batches(run: Run, limit: int = 0) -> list[dict]:
     return out
 
 
-def probe_eval(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Train and test mean loss and accuracy with BN in eval mode (running statistics):
-    `eval.json`. Train = the first `eval_examples` training examples (0 = all), test = the
-    eval split."""
-    result = {}
-    for run in runs:
-        t = _Timer()
-        train = evaluate(
-            run, to_batches(train_examples(run, opts.eval_examples), opts.batch), 'eval'
-        )
-        test = evaluate(run, test_batches(run, opts.eval_examples), 'eval')
-        result[run.label] = {
-            'step': run.step,
-            'bn_mode': 'eval',
-            'train/loss': train['loss'],
-            'train/accuracy': train['accuracy'],
-            'test/loss': test['loss'],
-            'test/accuracy': test['accuracy'],
-            'seconds': t(),
-        }
-        print(
-            f'{run.label} step {run.step}: train loss {train["loss"]:.4f} acc '
-            f'{train["accuracy"]:.4f} | test loss {test["loss"]:.4f} acc {test["accuracy"]:.4f}'
-        )
-    plots.write_json(os.path.join(out_dir, 'eval.json'), result)
-    return result
+def eval_numbers(run: Run, opts: Options) -> dict:
+    """Train and test mean loss and accuracy with BN in eval mode (running statistics). Train =
+    the first `eval_examples` training examples (0 = all), test = the eval split (as many)."""
+    train = evaluate(run, to_batches(train_examples(run, opts.eval_examples), opts.batch), 'eval')
+    test = evaluate(run, test_batches(run, opts.eval_examples), 'eval')
+    return {
+        'step': run.step,
+        'bn_mode': 'eval',
+        'train/loss': train['loss'],
+        'train/accuracy': train['accuracy'],
+        'test/loss': test['loss'],
+        'test/accuracy': test['accuracy'],
+    }
+
+
+def _eval_text(label: str, r: dict) -> str:
+    return (
+        f'{label} step {r["step"]}: train loss {r["train/loss"]:.4f} acc '
+        f'{r["train/accuracy"]:.4f} | test loss {r["test/loss"]:.4f} acc {r["test/accuracy"]:.4f}'
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,12 +465,13 @@ def hessian_of(run: Run, batches: list[dict], bn_mode: str) -> curvature.Hessian
     return curvature.Hessian(loss, run.state.params, batches, state=run.state.batch_stats)
 
 
-def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict, jax.Array]:
-    """Lanczos extremes and Hutchinson trace of the Hessian of the mean loss at the checkpoint.
+def hessian_numbers(run: Run, opts: Options) -> dict:
+    """Top-k eigenvalues and lambda_min (Lanczos with full reorthogonalisation) and the
+    Hutchinson trace +- standard error of the Hessian of the mean loss over the probe examples.
 
     Residuals are ||H y - theta y|| measured with one more HVP per reported Ritz pair.
-    Returns (numbers, Ritz vectors of the top `top_k` eigenvalues [k, dim], flat).
     """
+    batches = probe_batches(run, opts)
     h = hessian_of(run, batches, opts.bn_mode)
     key = jax.random.PRNGKey(opts.seed)
     t = _Timer()
@@ -488,7 +486,7 @@ def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict,
             h.hvp, h.dim, jax.random.fold_in(key, 1), n, h.dtype, f'{run.label} hessian'
         )
     theta = top['ritz_values']
-    numbers = {
+    return {
         'top_eigenvalues': top['eigenvalues'].tolist(),
         'top_residuals': top['residuals'].tolist(),
         'lambda_max': float(theta.max()),
@@ -503,71 +501,43 @@ def hessian_numbers(run: Run, batches: list[dict], opts: Options) -> tuple[dict,
         'lanczos_seconds': lanczos_s,
         'trace_seconds': round(t() - lanczos_s, 2),
         'ritz_values': theta.tolist(),
+        'step': run.step,
+        'bn_mode': opts.bn_mode,
+        'examples': int(sum(float(b['mask'].sum()) for b in batches)),
     }
-    return numbers, top['vectors']
 
 
-def probe_hessian(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Top-k eigenvalues, lambda_min (Lanczos with full reorthogonalisation; residual bounds
-    reported) and the Hutchinson trace +- standard error of the Hessian of the mean loss over
-    the probe examples: `hessian.json`."""
-    result = {}
-    for run in runs:
-        batches = probe_batches(run, opts)
-        numbers, _ = hessian_numbers(run, batches, opts)
-        numbers.update(
-            step=run.step,
-            bn_mode=opts.bn_mode,
-            examples=int(sum(float(b['mask'].sum()) for b in batches)),
-        )
-        result[run.label] = numbers
-        print(
-            f'{run.label}: lambda_max {numbers["lambda_max"]:.4g} lambda_min '
-            f'{numbers["lambda_min"]:.4g} |min/max| {numbers["abs_ratio_min_max"]:.3g} '
-            f'top {np.round(numbers["top_eigenvalues"], 4).tolist()} trace '
-            f'{numbers["trace"]:.4g} +- {numbers["trace_stderr"] or float("nan"):.2g}'
-        )
-    plots.write_json(os.path.join(out_dir, 'hessian.json'), result)
-    return result
+def _hessian_text(label: str, r: dict) -> str:
+    return (
+        f'{label}: lambda_max {r["lambda_max"]:.4g} lambda_min {r["lambda_min"]:.4g} |min/max| '
+        f'{r["abs_ratio_min_max"]:.3g} top {np.round(r["top_eigenvalues"], 4).tolist()} trace '
+        f'{r["trace"]:.4g} +- {r["trace_stderr"] or float("nan"):.2g}'
+    )
 
 
-def probe_spectrum(runs: list[Run], out_dir: str, opts: Options) -> dict:
+def spectrum_numbers(run: Run, opts: Options) -> dict:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (`slq_draws` draws of order
-    `lanczos_order`), Gaussian-smoothed as PyHessian does; `spectrum.png` (log density, one
-    line per run), `spectrum.npz` and `spectrum.json`."""
-    result, arrays = {}, {}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for color, run in zip(_colors(), runs):
-        batches = probe_batches(run, opts)
-        h = hessian_of(run, batches, opts.bn_mode)
-        ritz, weights = curvature.slq(
-            h.hvp, h.dim, jax.random.PRNGKey(opts.seed + 2), opts.lanczos_order,
-            opts.slq_draws, h.dtype, run.label,
-        )  # fmt: skip
-        grid, density = curvature.spectral_density(ritz, weights)
-        ax.semilogy(grid, density + 1e-12, color=color, label=run.label)
-        safe = _safe(run.label)
-        arrays.update(
-            {f'{safe}/grid': grid, f'{safe}/density': density, f'{safe}/ritz': ritz,
-             f'{safe}/weights': weights}
-        )  # fmt: skip
-        result[run.label] = {
-            'step': run.step,
-            'bn_mode': opts.bn_mode,
-            'draws': opts.slq_draws,
-            'order': ritz.shape[1],
-            'ritz_min': float(ritz.min()),
-            'ritz_max': float(ritz.max()),
-            'trace_estimate': float(np.mean(np.sum(weights * ritz, 1)) * h.dim),
-        }
-    ax.set_xlabel('eigenvalue of the Hessian of the mean loss')
-    ax.set_ylabel('density (log)')
-    ax.set_title(f'Hessian eigenvalue density (SLQ), BN {opts.bn_mode} mode')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    np.savez(os.path.join(out_dir, 'spectrum.npz'), **arrays)
-    plots.save_figure(fig, out_dir, 'spectrum', result)
-    return result
+    `lanczos_order`), Gaussian-smoothed as PyHessian does: `grid`, `density`, and each draw's
+    Ritz values and weights."""
+    h = hessian_of(run, probe_batches(run, opts), opts.bn_mode)
+    ritz, weights = curvature.slq(
+        h.hvp, h.dim, jax.random.PRNGKey(opts.seed + 2), opts.lanczos_order,
+        opts.slq_draws, h.dtype, run.label,
+    )  # fmt: skip
+    grid, density = curvature.spectral_density(ritz, weights)
+    return {
+        'step': run.step,
+        'bn_mode': opts.bn_mode,
+        'draws': opts.slq_draws,
+        'order': ritz.shape[1],
+        'ritz_min': float(ritz.min()),
+        'ritz_max': float(ritz.max()),
+        'trace_estimate': float(np.mean(np.sum(weights * ritz, 1)) * h.dim),
+        'grid': grid,
+        'density': density,
+        'ritz': ritz,
+        'weights': weights,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,47 +618,17 @@ def landscape_1d(run: Run, opts: Options, directions: list[dict] | None = None) 
     return {'alphas': coeffs, **values, 'directions': info}
 
 
-def probe_landscape1d(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """1-D loss (and accuracy) curves along one direction: `landscape1d.png/.npz/.json`."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    result, arrays = {}, {}
-    for color, run in zip(_colors(), runs):
-        t = _Timer()
-        r = landscape_1d(run, opts)
-        ax.plot(r['alphas'], r['loss'], color=color, label=run.label)
-        ax2.plot(r['alphas'], r['accuracy'], color=color, label=run.label)
-        safe = _safe(run.label)
-        for k in ('alphas', 'loss', 'accuracy'):
-            arrays[f'{safe}/{k}'] = r[k]
-        result[run.label] = {
-            'step': run.step,
-            'loss_at_0': float(np.interp(0.0, r['alphas'], r['loss'])),
-            'loss_min': float(r['loss'].min()),
-            'loss_max': float(r['loss'].max()),
-            'directions': r['directions'],
-            'seconds': t(),
-        }
-    for a, ylabel in ((ax, 'mean cross-entropy (nats)'), (ax2, 'accuracy')):
-        a.set_xlabel(f'alpha ({opts.direction} direction)')
-        a.set_ylabel(ylabel)
-        a.grid(True, alpha=0.3)
-        a.legend(fontsize=8)
-    ax.set_yscale('log')
-    fig.suptitle(f'1-D loss landscape, {_settings(opts)}', fontsize=9)
-    np.savez(os.path.join(out_dir, 'landscape1d.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    plots.save_figure(fig, out_dir, 'landscape1d', {'settings': _opts(opts), 'runs': result})
-    return result
-
-
-def _settings(opts: Options) -> str:
-    return (
-        f'{opts.direction} directions, BN {opts.bn_mode} mode, {opts.examples} train examples,'
-        f' biases/BN {opts.biasbn}, seed {opts.seed}'
-    )
-
-
-def _opts(opts: Options) -> dict:
-    return dataclasses.asdict(opts)
+def landscape1d_numbers(run: Run, opts: Options) -> dict:
+    """`landscape_1d`'s curves and their summary (loss at 0, min and max)."""
+    r = landscape_1d(run, opts)
+    return {
+        'step': run.step,
+        'loss_at_0': float(np.interp(0.0, r['alphas'], r['loss'])),
+        'loss_min': float(r['loss'].min()),
+        'loss_max': float(r['loss'].max()),
+        'directions': r['directions'],
+        **{k: r[k] for k in ('alphas', 'loss', 'accuracy')},
+    }
 
 
 def landscape_2d(run: Run, opts: Options) -> dict:
@@ -713,39 +653,19 @@ def landscape_2d(run: Run, opts: Options) -> dict:
     }
 
 
-def probe_landscape2d(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """2-D loss contours (labelled levels) per run side by side: `landscape2d.png/.npz/.json`."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
-    result, arrays = {}, {}
-    for ax, run in zip(axes[0], runs):
-        t = _Timer()
-        r = landscape_2d(run, opts)
-        levels = np.linspace(r['loss'].min(), min(r['loss'].max(), r['loss'].min() + 10), 15)
-        cs = ax.contour(r['xs'], r['ys'], r['loss'].T, levels=levels, cmap='viridis')
-        ax.clabel(cs, inline=True, fontsize=7, fmt='%.2f')
-        ax.plot(0, 0, 'r+')
-        ax.set_title(f'{run.label} (step {run.step})', fontsize=10)
-        ax.set_xlabel('alpha (direction 1)')
-        ax.set_ylabel('beta (direction 2)')
-        ax.set_aspect('equal')
-        safe = _safe(run.label)
-        for k in ('xs', 'ys', 'loss', 'accuracy'):
-            arrays[f'{safe}/{k}'] = r[k]
-        result[run.label] = {
-            'step': run.step,
-            'loss_at_0': float(r['loss'][opts.grid // 2, opts.grid // 2]),
-            'loss_min': float(r['loss'].min()),
-            'loss_max': float(r['loss'].max()),
-            'convexity': r['convexity'],
-            'convexity_r_half': r['convexity_r_half'],
-            'directions': r['directions'],
-            'seconds': t(),
-        }
-    fig.suptitle(f'2-D loss landscape (mean cross-entropy)\n{_settings(opts)}', fontsize=8)
-    fig.tight_layout()
-    np.savez(os.path.join(out_dir, 'landscape2d.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    plots.save_figure(fig, out_dir, 'landscape2d', {'settings': _opts(opts), 'runs': result})
-    return result
+def landscape2d_numbers(run: Run, opts: Options) -> dict:
+    """`landscape_2d`'s grids and their summary (loss at 0, min, max, convexity)."""
+    r = landscape_2d(run, opts)
+    return {
+        'step': run.step,
+        'loss_at_0': float(r['loss'][opts.grid // 2, opts.grid // 2]),
+        'loss_min': float(r['loss'].min()),
+        'loss_max': float(r['loss'].max()),
+        'convexity': r['convexity'],
+        'convexity_r_half': r['convexity_r_half'],
+        'directions': r['directions'],
+        **{k: r[k] for k in ('xs', 'ys', 'loss', 'accuracy')},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,47 +715,33 @@ def interpolation(run: Run, opts: Options, other: Run | None = None) -> dict:
     return {'alphas': alphas, **values, 'start': start_name}
 
 
-def probe_interpolate(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Loss and accuracy along the straight line from the start (init or `--to`) to each
-    checkpoint: `interpolate.png/.npz/.json`."""
+def _interpolate_start(runs: list[Run], opts: Options) -> dict:
+    """The `--to` run every checkpoint is interpolated from (None: each one's init), loaded
+    once and checked to hold the same model."""
     other = load_run(opts.to, None, opts.batch) if opts.to else None
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    result, arrays = {}, {}
-    for color, run in zip(_colors(), runs):
-        t = _Timer()
+    for run in runs:
         if other is not None and other.config.model.to_dict() != run.config.model.to_dict():
             raise InspectError(f'--to {opts.to!r} holds another model than {run.workdir!r}')
-        r = interpolation(run, opts, other)
-        ax.plot(r['alphas'], r['loss'], color=color, label=run.label)
-        ax2.plot(r['alphas'], r['accuracy'], color=color, label=run.label)
-        safe = _safe(run.label)
-        for k in ('alphas', 'loss', 'accuracy'):
-            arrays[f'{safe}/{k}'] = r[k]
-        i0, i1 = int(np.argmin(np.abs(r['alphas']))), int(np.argmin(np.abs(r['alphas'] - 1)))
-        inside = (r['alphas'] >= 0) & (r['alphas'] <= 1)
-        chord = r['loss'][i0] + r['alphas'][inside] * (r['loss'][i1] - r['loss'][i0])
-        result[run.label] = {
-            'step': run.step,
-            'start': r['start'],
-            'loss_start': float(r['loss'][i0]),
-            'loss_end': float(r['loss'][i1]),
-            'max_bump_over_chord': float(np.max(r['loss'][inside] - chord)),
-            'monotone_decreasing_on_0_1': bool(np.all(np.diff(r['loss'][inside]) <= 1e-6)),
-            'seconds': t(),
-        }
-    for a, ylabel in ((ax, 'mean cross-entropy (nats)'), (ax2, 'accuracy')):
-        a.axvline(0, color='k', lw=0.5)
-        a.axvline(1, color='k', lw=0.5)
-        a.set_xlabel('alpha (0 = start, 1 = checkpoint)')
-        a.set_ylabel(ylabel)
-        a.grid(True, alpha=0.3)
-        a.legend(fontsize=8)
-    ax.set_yscale('log')
-    start = opts.to or 'initialisation'
-    fig.suptitle(f'Linear interpolation from {start}, BN {opts.bn_mode} mode', fontsize=9)
-    np.savez(os.path.join(out_dir, 'interpolate.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    plots.save_figure(fig, out_dir, 'interpolate', {'settings': _opts(opts), 'runs': result})
-    return result
+    return {'other': other}
+
+
+def interpolate_numbers(run: Run, opts: Options, other: Run | None = None) -> dict:
+    """`interpolation`'s curves and their summary: the endpoint losses, the largest bump over
+    the chord between them and whether the loss falls monotonically on [0, 1]."""
+    r = interpolation(run, opts, other)
+    alphas, loss = r['alphas'], r['loss']
+    i0, i1 = int(np.argmin(np.abs(alphas))), int(np.argmin(np.abs(alphas - 1)))
+    inside = (alphas >= 0) & (alphas <= 1)
+    chord = loss[i0] + alphas[inside] * (loss[i1] - loss[i0])
+    return {
+        'step': run.step,
+        'start': r['start'],
+        'loss_start': float(loss[i0]),
+        'loss_end': float(loss[i1]),
+        'max_bump_over_chord': float(np.max(loss[inside] - chord)),
+        'monotone_decreasing_on_0_1': bool(np.all(np.diff(loss[inside]) <= 1e-6)),
+        **{k: r[k] for k in ('alphas', 'loss', 'accuracy')},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -888,53 +794,34 @@ def lesion_params(run: Run, block: str) -> PyTree:
     return params
 
 
-def probe_lesion(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Test error (BN eval mode, the whole eval split) with each residual block's residual
-    branch removed in turn (Veit et al. 2016): one bar per block, one colour per run;
-    downsampling blocks hatched. `lesion.png/.json`."""
-    most = max(len(residual_blocks(r)) for r in runs)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * most * len(runs)), 4.5))
-    result = {}
-    width = 0.8 / max(1, len(runs))
-    for r_i, (color, run) in enumerate(zip(_colors(), runs)):
-        t = _Timer()
-        batches = test_batches(run)
-        base = evaluate(run, batches)
-        blocks = residual_blocks(run)
-        rows = []
-        for i, b in enumerate(blocks):
-            lesioned = dataclasses.replace(
-                run, state=run.state.replace(params=lesion_params(run, b['block']))
-            )
-            e = evaluate(lesioned, batches)
-            rows.append({**b, 'test_error': 1 - e['accuracy'], 'test_loss': e['loss']})
-            logging.info('%s lesion %d/%d: %s error %.4f', run.label, i + 1, len(blocks),
-                         b['block'], 1 - e['accuracy'])  # fmt: skip
-        result[run.label] = {
-            'step': run.step,
-            'bn_mode': 'eval',
-            'test_error_intact': 1 - base['accuracy'],
-            'test_loss_intact': base['loss'],
-            'blocks': rows,
-            'note': None if blocks else 'plain network: no residual blocks to remove',
-            'seconds': t(),
-        }
-        if not blocks:
-            print(f'{run.label}: plain network, no residual blocks to remove')
-            continue
-        xs = np.arange(len(rows)) + r_i * width
-        bars = ax.bar(xs, [r['test_error'] for r in rows], width, color=color, label=run.label)
-        for bar, r in zip(bars, rows):
-            if r['shortcut'] != 'identity':
-                bar.set_hatch('//')
-        ax.axhline(1 - base['accuracy'], color=color, ls='--', lw=1, label=f'{run.label} intact')
-    ax.set_xlabel('removed block (forward order; hatched = downsampling/projection shortcut)')
-    ax.set_ylabel('test error')
-    ax.set_title('Lesion: one residual branch removed at a time (BN eval mode)')
-    ax.grid(True, axis='y', alpha=0.3)
-    ax.legend(fontsize=8)
-    plots.save_figure(fig, out_dir, 'lesion', result)
-    return result
+def lesion_numbers(run: Run, opts: Options) -> dict:
+    """Test error and loss (BN eval mode, the whole eval split) of the intact net and with each
+    residual block's residual branch removed in turn (Veit et al. 2016)."""
+    del opts
+    batches = test_batches(run)
+    base = evaluate(run, batches)
+    blocks = residual_blocks(run)
+    rows = []
+    for i, b in enumerate(blocks):
+        lesioned = dataclasses.replace(
+            run, state=run.state.replace(params=lesion_params(run, b['block']))
+        )
+        e = evaluate(lesioned, batches)
+        rows.append({**b, 'test_error': 1 - e['accuracy'], 'test_loss': e['loss']})
+        logging.info('%s lesion %d/%d: %s error %.4f', run.label, i + 1, len(blocks),
+                     b['block'], 1 - e['accuracy'])  # fmt: skip
+    return {
+        'step': run.step,
+        'bn_mode': 'eval',
+        'test_error_intact': 1 - base['accuracy'],
+        'test_loss_intact': base['loss'],
+        'blocks': rows,
+        'note': None if blocks else 'plain network: no residual blocks to remove',
+    }
+
+
+def _lesion_text(label: str, r: dict) -> str | None:
+    return None if r['blocks'] else f'{label}: plain network, no residual blocks to remove'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,7 +836,9 @@ def gradient_correlation(run: Run, opts: Options) -> dict:
     (R = `shatter_radius`, input units: the dataset's standardised pixels, L2). g_e(t) is the
     gradient w.r.t. the input of the logit of x_e's label (BN eval mode). C(k) = mean over e
     and t of cos(g_e(t), g_e(t + k)) at lag k (distance k * 2R / (T - 1)); shattered gradients
-    decorrelate (C falls to ~0) within a short distance.
+    decorrelate (C falls to ~0) within a short distance. Returns C(k) as `correlation` against
+    `distance`, `lag1_correlation` = C(1) at `lag1_distance`, and the first distance where C < 0.5
+    (`half_correlation_distance`, None if it never falls that far).
     """
     ex = train_examples(run, min(opts.examples, 64))
     images = jnp.asarray(ex['image'])
@@ -981,44 +870,14 @@ def gradient_correlation(run: Run, opts: Options) -> dict:
     spacing = 2 * opts.shatter_radius / (opts.shatter_points - 1)
     below = np.flatnonzero(corr < 0.5)
     return {
-        'lags': lags,
-        'distance': lags * spacing,
-        'correlation': corr,
+        'step': run.step,
         'lag1_correlation': float(corr[0]),
+        'lag1_distance': spacing,
         'half_correlation_distance': float(lags[below[0]] * spacing) if len(below) else None,
         'examples': e,
+        'distance': lags * spacing,
+        'correlation': corr,
     }
-
-
-def probe_shattering(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Input-gradient correlation vs distance (`gradient_correlation`), one line per run:
-    `shattering.png/.npz/.json`."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    result, arrays = {}, {}
-    for color, run in zip(_colors(), runs):
-        t = _Timer()
-        r = gradient_correlation(run, opts)
-        ax.plot(r['distance'], r['correlation'], color=color, marker='.', label=run.label)
-        safe = _safe(run.label)
-        arrays[f'{safe}/distance'] = r['distance']
-        arrays[f'{safe}/correlation'] = r['correlation']
-        result[run.label] = {
-            'step': run.step,
-            'lag1_correlation': r['lag1_correlation'],
-            'lag1_distance': float(r['distance'][0]),
-            'half_correlation_distance': r['half_correlation_distance'],
-            'examples': r['examples'],
-            'seconds': t(),
-        }
-    ax.axhline(0, color='k', lw=0.5)
-    ax.set_xlabel('distance between inputs along a random line (L2, input units)')
-    ax.set_ylabel('mean cosine of input gradients')
-    ax.set_title('Gradient correlation along input lines (Balduzzi et al. 2017), BN eval mode')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    np.savez(os.path.join(out_dir, 'shattering.npz'), settings=json.dumps(_opts(opts)), **arrays)
-    plots.save_figure(fig, out_dir, 'shattering', {'settings': _opts(opts), 'runs': result})
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1055,26 +914,19 @@ def signal_metrics(run: Run, batch: dict) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(out).items()}
 
 
-def probe_signals(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Per-layer signal profiles of each checkpoint on its first `batch` probe examples
-    (unpadded), drawn with `resjax.plots.plot_profiles`: `signals/<signal>_profile.png/.json`
-    and `signals.json`."""
-    result = {}
-    for run in runs:
-        ex = train_examples(run, min(opts.batch, opts.examples or opts.batch))
-        batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
-        result[run.label] = signal_metrics(run, batch)
-        print(
-            f'{run.label}: grad norm first/last conv '
-            f'{signals.first_last_ratio(result[run.label]):.3g}, loss '
-            f'{result[run.label]["probe/loss"]:.4f}'
-        )
-    sig_dir = os.path.join(out_dir, 'signals')
-    rows = {label: {runs[i].step: m} for i, (label, m) in enumerate(result.items())}
-    for s in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc'):
-        plots.plot_profiles(rows, s, None, sig_dir)
-    plots.write_json(os.path.join(out_dir, 'signals.json'), result)
-    return result
+def signals_numbers(run: Run, opts: Options) -> dict[str, float]:
+    """`signal_metrics` on the checkpoint's first `batch` probe examples (one unpadded batch)."""
+    ex = train_examples(run, min(opts.batch, opts.examples or opts.batch))
+    return signal_metrics(
+        run, {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
+    )
+
+
+def _signals_text(label: str, r: dict) -> str:
+    return (
+        f'{label}: grad norm first/last conv {signals.first_last_ratio(r):.3g}, loss '
+        f'{r["probe/loss"]:.4f}'
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1102,79 +954,123 @@ def block_numbers(run: Run, batch: dict, bn_mode: str = 'eval') -> dict[str, Any
     return out
 
 
-def probe_blocks(runs: list[Run], out_dir: str, opts: Options) -> dict:
-    """Block probes of each checkpoint on its first `examples` probe examples (one batch; BN in
-    `bn_mode`): the CKA matrix of every pair of stem and block outputs (top row, one panel per
-    run), and per block the change it makes, its branch ratio and its layers' distance from
-    init (bottom row). `blocks.png/.json`."""
-    result = {}
-    for run in runs:
-        ex = train_examples(run, opts.examples)
-        batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
-        r = result[run.label] = {
-            'step': run.step,
-            'bn_mode': opts.bn_mode,
-            'examples': len(ex['label']),
-            **block_numbers(run, batch, opts.bn_mode),
-        }
-        print(
-            f'{run.label}: median block change '
-            f'{np.median(signals.profile(r, "block_change")[1]):.3g}, median consecutive CKA '
-            f'{np.median(signals.profile(r, "cka")[1]):.3g}, distance from init '
-            f'{r["init_distance/global"]:.3g}'
-        )
-    n = len(runs)
-    fig, axes = plt.subplots(2, max(n, 3), figsize=(4.2 * max(n, 3), 8), squeeze=False)
-    for ax, (label, r) in zip(axes[0], result.items()):
-        im = ax.imshow(np.array(r['cka_matrix']), vmin=0, vmax=1, cmap='magma', origin='lower')
-        ax.set_title(f'{label}: linear CKA', fontsize=9)
-        ax.set_xlabel('block (0 = stem)')
-        ax.set_ylabel('block (0 = stem)')
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    for ax in axes[0][n:]:
-        ax.axis('off')
-    panels = [
-        ('block_change', '||h_k - h_(k-1)|| / ||h_(k-1)||', True),
-        ('branch_ratio', '||F(x)|| / ||x|| (residual blocks)', True),
-        ('init_distance', '||W - W_0|| / ||W_0|| per layer', False),
-    ]
-    for ax, (prefix, title, log) in zip(axes[1], panels):
-        for color, (label, r) in zip(_colors(), result.items()):
-            layers, values = signals.profile(r, prefix)
-            if values:
-                ax.plot(range(1, len(values) + 1), values, '.-', color=color, label=label)
-        if log and ax.get_lines():
-            ax.set_yscale('log')
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel('block' if prefix != 'init_distance' else 'layer (forward order)')
-        ax.grid(True, alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    for ax in axes[1][3:]:
-        ax.axis('off')
-    fig.suptitle(f'Block probes on {result and next(iter(result.values()))["examples"]} training '
-                 f'examples, BN {opts.bn_mode} mode', fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    plots.save_figure(fig, out_dir, 'blocks', result)
-    return result
+def blocks_numbers(run: Run, opts: Options) -> dict[str, Any]:
+    """`block_numbers` on the checkpoint's first `examples` probe examples as one batch, BN in
+    `bn_mode`."""
+    ex = train_examples(run, opts.examples)
+    batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
+    return {
+        'step': run.step,
+        'bn_mode': opts.bn_mode,
+        'examples': len(ex['label']),
+        **block_numbers(run, batch, opts.bn_mode),
+    }
+
+
+def _blocks_text(label: str, r: dict) -> str:
+    return (
+        f'{label}: median block change {np.median(signals.profile(r, "block_change")[1]):.3g}, '
+        f'median consecutive CKA {np.median(signals.profile(r, "cka")[1]):.3g}, distance from '
+        f'init {r["init_distance/global"]:.3g}'
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Registry.
 
-PROBES: dict[str, Callable[[list[Run], str, Options], dict]] = {
-    'summary': probe_summary,
-    'eval': probe_eval,
-    'hessian': probe_hessian,
-    'spectrum': probe_spectrum,
-    'landscape1d': probe_landscape1d,
-    'landscape2d': probe_landscape2d,
-    'interpolate': probe_interpolate,
-    'lesion': probe_lesion,
-    'shattering': probe_shattering,
-    'signals': probe_signals,
-    'blocks': probe_blocks,
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One probe, as `run_probe` runs it.
+
+    `compute(run, opts, **setup(runs, opts))` returns one checkpoint's numbers (floats, lists,
+    numpy arrays; no figure, no file); `draw({label: numbers with 'step'}, opts)` returns the
+    figure, or {path under out_dir: (figure, its numbers)} for several.
+    """
+
+    compute: Callable[..., dict]
+    draw: Callable[[dict[str, dict], Options], Any] | None = None
+    arrays: tuple[str, ...] = ()  # keys written to <name>.npz as '<label>/<key>', not to JSON
+    settings: bool = False  # <name>.json = {'settings': opts, 'runs': ...}; also in the npz
+    timed: bool = False  # each run's numbers end with 'seconds', its compute time
+    text: Callable[[str, dict], str | None] | None = None  # printed after each run
+    setup: Callable[[list[Run], Options], dict] | None = None
+
+
+_CURVE = ('alphas', 'loss', 'accuracy')
+PROBES: dict[str, Probe] = {
+    'summary': Probe(summary_numbers, text=_summary_text),
+    'eval': Probe(eval_numbers, timed=True, text=_eval_text),
+    'hessian': Probe(hessian_numbers, text=_hessian_text),
+    'spectrum': Probe(
+        spectrum_numbers, plots.draw_spectrum, arrays=('grid', 'density', 'ritz', 'weights')
+    ),
+    'landscape1d': Probe(
+        landscape1d_numbers, plots.draw_landscape1d, _CURVE, settings=True, timed=True
+    ),
+    'landscape2d': Probe(
+        landscape2d_numbers,
+        plots.draw_landscape2d,
+        ('xs', 'ys', 'loss', 'accuracy'),
+        settings=True,
+        timed=True,
+    ),
+    'interpolate': Probe(
+        interpolate_numbers,
+        plots.draw_interpolate,
+        _CURVE,
+        settings=True,
+        timed=True,
+        setup=_interpolate_start,
+    ),
+    'lesion': Probe(lesion_numbers, plots.draw_lesion, timed=True, text=_lesion_text),
+    'shattering': Probe(
+        gradient_correlation,
+        plots.draw_shattering,
+        ('distance', 'correlation'),
+        settings=True,
+        timed=True,
+    ),
+    'signals': Probe(signals_numbers, plots.draw_signals, text=_signals_text),
+    'blocks': Probe(blocks_numbers, plots.draw_blocks, text=_blocks_text),
 }
+
+
+def run_probe(name: str, runs: list[Run], out_dir: str, opts: Options) -> dict:
+    """Computes probe `name` on each run, draws its figure and writes `<name>.png` beside its
+    numbers (`<name>.json`, and `<name>.npz` for arrays); returns {run label: JSON numbers}."""
+    probe = PROBES[name]
+    extra = probe.setup(runs, opts) if probe.setup else {}
+    numbers = {}
+    for run in runs:
+        t = _Timer()
+        r = numbers[run.label] = probe.compute(run, opts, **extra)
+        if probe.timed:
+            r['seconds'] = t()
+        if line := probe.text and probe.text(run.label, r):
+            print(line)
+    result = {
+        label: {k: v for k, v in r.items() if k not in probe.arrays} for label, r in numbers.items()
+    }
+    settings = {'settings': dataclasses.asdict(opts)} if probe.settings else {}
+    if probe.arrays:
+        arrays = {f'{_safe(label)}/{k}': r[k] for label, r in numbers.items() for k in probe.arrays}
+        npz_settings = {k: json.dumps(v) for k, v in settings.items()}
+        np.savez(os.path.join(out_dir, f'{name}.npz'), **npz_settings, **arrays)
+    document = {**settings, 'runs': result} if settings else result
+    figure = None
+    if probe.draw:
+        figure = probe.draw({r.label: {'step': r.step, **numbers[r.label]} for r in runs}, opts)
+    if isinstance(figure, dict):  # Several figures, each with its own numbers.
+        for path, (fig, figure_numbers) in figure.items():
+            folder, base = os.path.split(os.path.join(out_dir, path))
+            plots.save_figure(fig, folder, base, figure_numbers)
+        figure = None
+    if figure is None:
+        plots.write_json(os.path.join(out_dir, f'{name}.json'), document)
+    else:
+        plots.save_figure(figure, out_dir, name, document)
+    return result
 
 
 def validate(probes: list[str], opts: Options) -> None:
@@ -1213,7 +1109,7 @@ def inspect(
     for name in probes:
         t = _Timer()
         logging.info('probe %s ...', name)
-        results[name] = PROBES[name](runs, out_dir, opts)
+        results[name] = run_probe(name, runs, out_dir, opts)
         timings[name] = t()
         logging.info('probe %s done in %.1f s', name, timings[name])
     results['timings'] = timings
