@@ -61,29 +61,34 @@ class InspectError(ValueError):
     """Bad input for inspection; the message is one line naming what was looked for."""
 
 
+def _option(default: Any, doc: str, choices: tuple[str, ...] = ()) -> Any:
+    return dataclasses.field(default=default, metadata={'help': doc, 'choices': choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Every knob of the probes (the script's flags). Units in the README."""
+    """Every knob of the probes. scripts/inspect_checkpoint.py makes one flag of each field, with
+    its default, its `help` and (an enum) its `choices`. Units in the README."""
 
-    examples: int = 256  # probe examples (first N of the epoch-0 training order)
-    batch: int = 128  # examples per forward/HVP call
-    bn_mode: str = 'eval'
-    seed: int = 0  # directions, Lanczos and Hutchinson draws
-    top_k: int = 3
-    lanczos_order: int = 40
-    trace_samples: int = 20
-    slq_draws: int = 3
-    grid: int = 21  # points per axis (landscape) or along the line (interpolate)
-    range: float = 1.0  # landscape coefficients in [-range, range]
-    chunk: int = 8  # grid points per vmapped call
-    direction: str = 'random'  # 'random' | 'eigen' | 'gradient'
-    biasbn: str = 'zero'  # 'zero' | 'include'
-    alpha_min: float = -0.5
-    alpha_max: float = 1.5
-    to: str | None = None  # interpolate: other workdir (default: the initial parameters)
-    eval_examples: int = 0  # eval probe: 0 = every example
-    shatter_points: int = 64
-    shatter_radius: float = 2.0
+    examples: int = _option(256, 'Probe examples K (first K training examples).')
+    batch: int = _option(128, 'Examples per forward / HVP call.')
+    bn_mode: str = _option('eval', 'BatchNorm mode of loss probes.', ('eval', 'train'))
+    seed: int = _option(0, 'Seed of directions, Lanczos and Hutchinson draws.')
+    top_k: int = _option(3, 'hessian: number of top eigenvalues.')
+    lanczos_order: int = _option(40, 'hessian/spectrum: Lanczos steps (HVPs).')
+    trace_samples: int = _option(20, 'hessian: Hutchinson samples.')
+    slq_draws: int = _option(3, 'spectrum: SLQ start vectors.')
+    grid: int = _option(21, 'Landscape points per axis / interpolation points.')
+    range: float = _option(1.0, 'Landscape coefficients in [-range, range].')
+    chunk: int = _option(8, 'Grid points per vmapped call.')
+    direction: str = _option('random', 'Landscape axes.', ('random', 'eigen', 'gradient'))
+    biasbn: str = _option('zero', 'Random directions on 1-D leaves.', landscape.BIASBN)
+    alpha_min: float = _option(-0.5, 'interpolate: first alpha.')
+    alpha_max: float = _option(1.5, 'interpolate: last alpha.')
+    to: str | None = _option(None, 'interpolate: start from this workdir (default: the init).')
+    eval_examples: int = _option(0, 'eval: examples per split (0 = all).')
+    shatter_points: int = _option(64, 'shattering: inputs per line.')
+    shatter_radius: float = _option(2.0, 'shattering: half-length of each line.')
 
 
 @dataclasses.dataclass
@@ -1078,12 +1083,10 @@ def validate(probes: list[str], opts: Options) -> None:
     unknown = [p for p in probes if p not in PROBES]
     if unknown or not probes:
         raise InspectError(f'unknown probe(s) {unknown}; use some of {list(PROBES)}')
-    if opts.bn_mode not in hessian.BN_MODES:
-        raise InspectError(f'--bn_mode={opts.bn_mode!r}; use one of {hessian.BN_MODES}')
-    if opts.direction not in ('random', 'eigen', 'gradient'):
-        raise InspectError(f'--direction={opts.direction!r}; use random, eigen or gradient')
-    if opts.biasbn not in landscape.BIASBN:
-        raise InspectError(f'--biasbn={opts.biasbn!r}; use one of {landscape.BIASBN}')
+    for field in dataclasses.fields(Options):
+        value, choices = getattr(opts, field.name), field.metadata['choices']
+        if choices and value not in choices:
+            raise InspectError(f'--{field.name}={value!r}; use one of {choices}')
     for name in ('examples', 'batch', 'grid', 'chunk', 'lanczos_order', 'slq_draws'):
         if getattr(opts, name) <= 0:
             raise InspectError(f'--{name}={getattr(opts, name)} must be positive')

@@ -8,39 +8,52 @@ landscape2d, interpolate, lesion, shattering, signals, blocks. Exit codes: 0 don
 (one line: missing workdir or step, not a resjax run, a checkpoint of another model, bad flags).
 """
 
+import dataclasses
 import sys
+import typing
 
 import jax
 from absl import app, flags, logging
 
 from resjax import inspection, logs
 
-D = inspection.Options()
-flags.DEFINE_multi_string('workdir', None, 'Run directories (repeat to compare on one figure).')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest of each workdir).')
-flags.DEFINE_string('out', None, 'Directory for figures and numbers.')
-flags.DEFINE_list('probes', ['summary'], f'Comma-separated: {",".join(inspection.PROBES)}.')
-flags.DEFINE_integer('examples', D.examples, 'Probe examples K (first K training examples).')
-flags.DEFINE_integer('batch', D.batch, 'Examples per forward / HVP call.')
-flags.DEFINE_enum('bn_mode', D.bn_mode, ['eval', 'train'], 'BatchNorm mode of loss probes.')
-flags.DEFINE_integer('seed', D.seed, 'Seed of directions, Lanczos and Hutchinson draws.')
-flags.DEFINE_integer('top_k', D.top_k, 'hessian: number of top eigenvalues.')
-flags.DEFINE_integer('lanczos_order', D.lanczos_order, 'hessian/spectrum: Lanczos steps (HVPs).')
-flags.DEFINE_integer('trace_samples', D.trace_samples, 'hessian: Hutchinson samples.')
-flags.DEFINE_integer('slq_draws', D.slq_draws, 'spectrum: SLQ start vectors.')
-flags.DEFINE_integer('grid', D.grid, 'Landscape points per axis / interpolation points.')
-flags.DEFINE_float('range', D.range, 'Landscape coefficients in [-range, range].')
-flags.DEFINE_integer('chunk', D.chunk, 'Grid points per vmapped call.')
-flags.DEFINE_enum('direction', D.direction, ['random', 'eigen', 'gradient'], 'Landscape axes.')
-flags.DEFINE_enum('biasbn', D.biasbn, ['zero', 'include'], 'Random directions on 1-D leaves.')
-flags.DEFINE_float('alpha_min', D.alpha_min, 'interpolate: first alpha.')
-flags.DEFINE_float('alpha_max', D.alpha_max, 'interpolate: last alpha.')
-flags.DEFINE_string('to', None, 'interpolate: start from this workdir (default: the init).')
-flags.DEFINE_integer('eval_examples', D.eval_examples, 'eval: examples per split (0 = all).')
-flags.DEFINE_integer('shatter_points', D.shatter_points, 'shattering: inputs per line.')
-flags.DEFINE_float('shatter_radius', D.shatter_radius, 'shattering: half-length of each line.')
-flags.mark_flags_as_required(['workdir', 'out'])
 FLAGS = flags.FLAGS
+# The flag of each `inspection.Options` field type (a new type is a KeyError, not a guess).
+_DEFINE = {
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+    str | None: flags.DEFINE_string,
+}
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the script's flags: one per `inspection.Options` field, with its type, default
+    and help (enums: its `choices`). On demand, so that tests can import this file."""
+    fv = flag_values
+    flags.DEFINE_multi_string(
+        'workdir', None, 'Run directories (repeat to compare on one figure).', flag_values=fv
+    )
+    flags.DEFINE_integer(
+        'step', None, 'Checkpoint step (default: the latest of each workdir).', flag_values=fv
+    )
+    flags.DEFINE_string('out', None, 'Directory for figures and numbers.', flag_values=fv)
+    probes = ','.join(inspection.PROBES)
+    flags.DEFINE_list('probes', ['summary'], f'Comma-separated: {probes}.', flag_values=fv)
+    types = typing.get_type_hints(inspection.Options)
+    for field in dataclasses.fields(inspection.Options):
+        name, default, doc = field.name, field.default, field.metadata['help']
+        if field.metadata['choices']:
+            flags.DEFINE_enum(name, default, list(field.metadata['choices']), doc, flag_values=fv)
+        else:
+            _DEFINE[types[name]](name, default, doc, flag_values=fv)
+    flags.mark_flags_as_required(['workdir', 'out'], flag_values=fv)
+
+
+def options(flag_values: flags.FlagValues = FLAGS) -> inspection.Options:
+    """The parsed flags as `inspection.Options`."""
+    fields = dataclasses.fields(inspection.Options)
+    return inspection.Options(**{f.name: flag_values[f.name].value for f in fields})
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -63,10 +76,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     jax.devices()
     logging.set_verbosity(verbosity)
-    names = [f.name for f in inspection.dataclasses.fields(inspection.Options)]
-    opts = inspection.Options(**{n: FLAGS[n].value for n in names})
     try:
-        results = inspection.inspect(FLAGS.workdir, FLAGS.probes, FLAGS.out, opts, FLAGS.step)
+        results = inspection.inspect(FLAGS.workdir, FLAGS.probes, FLAGS.out, options(), FLAGS.step)
     except inspection.InspectError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
@@ -76,4 +87,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main, flags_parser=parse_flags)
