@@ -3,6 +3,7 @@ on one tiny digits run trained once for the module."""
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
+from absl import flags
+from jax.flatten_util import ravel_pytree
 
 from resjax import config_lib, inspection, landscape, train, xla
 from resjax.probes import curvature
@@ -222,9 +225,31 @@ def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
     np.testing.assert_allclose(basis @ basis.T, np.eye(len(alphas)), atol=1e-4)
 
 
+def _mean_loss(run, num, train=False):
+    """An independent mean cross-entropy over the first `num` probe examples as one unpadded
+    batch, BN in eval (or train) mode: (flat params -> (loss, logits), flat params, unravel)."""
+    ex = inspection.train_examples(run, num)
+    images, labels = jnp.asarray(ex['image']), jnp.asarray(ex['label'])
+    flat, unravel = ravel_pytree(run.state.params)
+
+    def loss(flat_params):
+        variables = {'params': unravel(flat_params), 'batch_stats': run.state.batch_stats}
+        if train:
+            logits, _ = run.model.apply(variables, images, train=True, mutable=['batch_stats'])
+        else:
+            logits = run.model.apply(variables, images, train=False)
+        log_p = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], 1)), logits
+
+    return loss, flat, unravel
+
+
 def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
-    opts = dataclasses.replace(OPTS, lanczos_order=8, top_k=2, trace_samples=4, slq_draws=2)
-    numbers = inspection.probe_hessian([run], str(tmp_path), opts)[run.label]
+    # 40 examples in batches of 24: the second is padded, and the mean must ignore the padding.
+    opts = dataclasses.replace(
+        OPTS, examples=40, lanczos_order=8, top_k=2, trace_samples=4, slq_draws=2
+    )
+    numbers = inspection.run_probe('hessian', [run], str(tmp_path), opts)[run.label]
     assert (
         json.load(open(tmp_path / 'hessian.json'))[run.label]['lambda_max'] == numbers['lambda_max']
     )
@@ -234,7 +259,21 @@ def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
     residuals = numbers['top_residuals'] + [numbers['lambda_min_residual']]
     assert all(0 < r < numbers['lambda_max'] for r in residuals)
     assert numbers['num_hvps'] == 8 + 3 + 4 and np.isfinite(numbers['trace_stderr'])
-    spectrum = inspection.probe_spectrum([run], str(tmp_path), opts)[run.label]
+    assert numbers['examples'] == 40
+    # The same Lanczos and Hutchinson draws on an independent HVP of the mean loss over the 40
+    # examples in one batch: the same numbers (a sum over batches would double them).
+    loss, flat, unravel = _mean_loss(run, 40)
+    grad = jax.grad(lambda p: loss(p)[0])
+    hvp = jax.jit(lambda v: jax.jvp(grad, (flat,), (v,))[1]).lower(flat).compile(xla.FAST_COMPILE)
+    key = jax.random.PRNGKey(opts.seed)
+    direct = curvature.top_eigenpairs(hvp, jax.random.normal(key, flat.shape), 8, 2)
+    np.testing.assert_allclose(top, direct['eigenvalues'], rtol=1e-3)
+    np.testing.assert_allclose(numbers['lambda_min'], direct['lambda_min'], rtol=1e-3)
+    trace, stderr, _ = curvature.hutchinson_trace(hvp, flat.size, jax.random.fold_in(key, 1), 4)
+    np.testing.assert_allclose(
+        [numbers['trace'], numbers['trace_stderr']], [trace, stderr], rtol=1e-3
+    )
+    spectrum = inspection.run_probe('spectrum', [run], str(tmp_path), opts)[run.label]
     assert spectrum['order'] == 8 and spectrum['ritz_max'] <= numbers['lambda_max'] * 1.5
     directions, info = inspection.landscape_directions(
         run, dataclasses.replace(opts, direction='eigen'), 2
@@ -245,6 +284,106 @@ def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
         for d in directions
     ]
     np.testing.assert_allclose(norms, info['scaled_to_norm'], rtol=1e-5)
+    # Each is an eigenvector: its Rayleigh quotient under the independent HVP is its
+    # eigenvalue (within the measured residual), and the two are orthogonal.
+    units = [ravel_pytree(d['params'])[0] / n for d, n in zip(directions, norms)]
+    for y, eigenvalue, residual in zip(units, top, numbers['top_residuals']):
+        assert abs(float(y @ hvp(y)) - eigenvalue) <= residual + 1e-3 * abs(eigenvalue)
+    assert abs(float(units[0] @ units[1])) < 1e-3
+
+
+def test_gradient_direction_is_the_mean_loss_gradient(run):
+    directions, info = inspection.landscape_directions(
+        run, dataclasses.replace(OPTS, direction='gradient'), 1
+    )
+    loss, flat, _ = _mean_loss(run, OPTS.examples)
+    grad = np.asarray(xla.run_once(jax.grad(lambda p: loss(p)[0]), flat), np.float64)
+    d = np.asarray(ravel_pytree(directions[0]['params'])[0], np.float64)
+    cosine = d @ grad / (np.linalg.norm(d) * np.linalg.norm(grad))
+    assert cosine > 1 - 1e-5
+    np.testing.assert_allclose(info['gradient_norm'], np.linalg.norm(grad), rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(d), np.linalg.norm(flat), rtol=1e-5)
+    assert not np.any(ravel_pytree(directions[0]['batch_stats'])[0])  # Statistics stay put.
+
+
+def test_signal_metrics_are_the_gradient_norms_of_the_mean_loss(run):
+    ex = inspection.train_examples(run, OPTS.batch)
+    batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
+    metrics = inspection.signal_metrics(run, batch)
+    # Independently: jax.grad of the mean loss in BN training mode, norm per layer.
+    loss, flat, unravel = _mean_loss(run, OPTS.batch, train=True)
+    (value, logits), grad = xla.run_once(jax.value_and_grad(loss, has_aux=True), flat)
+    grads = flax.traverse_util.flatten_dict(unravel(grad), sep='/')
+    layers = {k.rsplit('/', 1)[0] for k in grads if k.endswith('/kernel')}
+    assert {k.split('/', 1)[1] for k in metrics if k.startswith('grad_norm/')} == layers | {
+        'global'
+    }
+    for layer in layers:
+        leaves = [v for k, v in grads.items() if k.rsplit('/', 1)[0] == layer]
+        expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in leaves))
+        np.testing.assert_allclose(metrics[f'grad_norm/{layer}'], expected, rtol=1e-4)
+    np.testing.assert_allclose(metrics['grad_norm/global'], np.linalg.norm(grad), rtol=1e-4)
+    np.testing.assert_allclose(metrics['probe/loss'], value, rtol=1e-5)
+    # dL/dlogits of the mean cross-entropy is (softmax - onehot) / N.
+    p = np.asarray(jax.nn.softmax(logits), np.float64)
+    dlogits = (p - np.eye(p.shape[1])[ex['label']]) / len(p)
+    np.testing.assert_allclose(metrics['act_grad_norm/logits'], np.linalg.norm(dlogits), rtol=1e-4)
+
+
+def test_gradient_correlation_is_the_mean_cosine_of_input_gradients(run):
+    opts = dataclasses.replace(OPTS, examples=3, shatter_points=6, shatter_radius=1.5)
+    r = inspection.gradient_correlation(run, opts)
+    # Independently, one input at a time: g(t) = d logit_y / dx at x + t u, then numpy cosines.
+    ex = inspection.train_examples(run, 3)
+    u = np.array(jax.random.normal(jax.random.PRNGKey(opts.seed + 3), ex['image'].shape))
+    u /= np.linalg.norm(u.reshape(3, -1), axis=1).reshape(-1, 1, 1, 1)
+    variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+    logit = jax.jit(jax.grad(lambda x, y: run.model.apply(variables, x[None], train=False)[0, y]))
+    ts = np.linspace(-1.5, 1.5, 6)
+    g = np.array(
+        [[np.ravel(logit(x + t * d, label)) for t in ts]
+         for x, d, label in zip(ex['image'], u, ex['label'])],
+        np.float64,
+    )  # fmt: skip
+    g /= np.linalg.norm(g, axis=-1, keepdims=True)
+    expected = [
+        np.mean([g[e, i] @ g[e, i + k] for e in range(3) for i in range(6 - k)])
+        for k in range(1, 6)
+    ]
+    np.testing.assert_allclose(r['correlation'], expected, atol=1e-5)
+    assert np.ptp(expected) > 0.01  # Not a constant: a wrong pairing would show.
+    np.testing.assert_allclose(r['distance'], np.arange(1, 6) * 3.0 / 5)
+    assert r['lag1_distance'] == pytest.approx(0.6) and r['examples'] == 3
+    below = [d for d, c in zip(r['distance'], expected) if c < 0.5]
+    assert r['half_correlation_distance'] == (pytest.approx(below[0]) if below else None)
+
+
+def test_script_defines_one_flag_per_option_with_its_default_and_help():
+    spec = importlib.util.spec_from_file_location('inspect_checkpoint_script', SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fv = flags.FlagValues()
+    script.define_flags(fv)
+    fields = dataclasses.fields(inspection.Options)
+    assert set(fv) == {f.name for f in fields} | {'workdir', 'step', 'out', 'probes'}
+    for f in fields:
+        assert fv[f.name].default == f.default, f.name
+        choices = f.metadata['choices']
+        enum = f'<{"|".join(choices)}>: ' if choices else ''  # absl's prefix of an enum's help
+        assert fv[f.name].help == enum + f.metadata['help'] and f.metadata['help'], f.name
+        if choices:
+            assert fv[f.name].parser.enum_values == list(choices), f.name
+    fv(['prog', '--workdir', 'w', '--out', 'o'])
+    assert script.options(fv) == inspection.Options()
+    fv(['prog', '--workdir', 'w', '--out', 'o', '--range', '2', '--direction', 'eigen',
+        '--to', 'x', '--grid', '7'])  # fmt: skip
+    opts = script.options(fv)
+    assert (opts.range, opts.direction, opts.to, opts.grid) == (2.0, 'eigen', 'x', 7)
+    assert isinstance(opts.range, float)
+    with pytest.raises(flags.IllegalFlagValueError):
+        fv(['prog', '--bn_mode', 'batch'])
+    with pytest.raises(inspection.InspectError, match=r"--biasbn='x'; use one of \('zero'"):
+        inspection.validate(['summary'], dataclasses.replace(opts, biasbn='x'))
 
 
 def test_grid_convexity_of_known_surfaces():
