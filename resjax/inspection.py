@@ -563,8 +563,8 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
     params, stats = run.state.params, run.state.batch_stats
     info = {'kind': opts.direction, 'seed': opts.seed, 'biasbn': opts.biasbn}
     if opts.direction == 'random':
-        make = _direction_fn(opts.biasbn, params)
-        dirs = [make(jax.random.PRNGKey(opts.seed + i), params) for i in range(num)]
+        key = lambda i: jax.random.PRNGKey(opts.seed + i)
+        dirs = [landscape.random_direction(key(i), params, opts.biasbn) for i in range(num)]
     elif opts.direction in ('eigen', 'gradient'):
         h = hessian_of(run, probe_batches(run, opts), opts.bn_mode)
         norm = otu_norm(params)
@@ -586,21 +586,6 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
     # The running statistics stay fixed along every direction.
     zero_stats = jax.tree.map(jnp.zeros_like, stats)
     return [{'params': d, 'batch_stats': zero_stats} for d in dirs], info
-
-
-_DIRECTION_FNS: dict = {}
-
-
-def _direction_fn(biasbn: str, params: PyTree) -> Callable[[jax.Array, PyTree], PyTree]:
-    """`landscape.random_direction` compiled once per (biasbn, parameter shapes) with XLA's
-    fast-compile options (its threefry graph is what costs: see `resjax.xla`)."""
-    key = (biasbn, jax.tree.structure(params), tuple(x.shape for x in jax.tree.leaves(params)))
-    if key not in _DIRECTION_FNS:
-        fn = functools.partial(landscape.random_direction, biasbn=biasbn)
-        _DIRECTION_FNS[key] = (
-            jax.jit(fn).lower(jax.random.PRNGKey(0), params).compile(xla.FAST_COMPILE)
-        )
-    return _DIRECTION_FNS[key]
 
 
 def otu_norm(tree: PyTree) -> float:

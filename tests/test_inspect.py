@@ -66,14 +66,14 @@ def _hashes(root):
 
 def test_filter_normalised_directions_have_the_weight_filter_norms(run):
     params = run.state.params
-    d = inspection._direction_fn('zero', params)(jax.random.PRNGKey(0), params)
+    d = landscape.random_direction(jax.random.PRNGKey(0), params, 'zero')
     norms = jax.jit(landscape.filter_norms)
     for dn, wn in zip(jax.tree.leaves(norms(d)), jax.tree.leaves(norms(params))):
         np.testing.assert_allclose(dn, wn, rtol=1e-5)
     for dl, wl in zip(jax.tree.leaves(d), jax.tree.leaves(params)):
         if wl.ndim == 1:
             assert not np.any(dl)  # biases and BN parameters zeroed (Li et al.'s default)
-    included = inspection._direction_fn('include', params)(jax.random.PRNGKey(0), params)
+    included = landscape.random_direction(jax.random.PRNGKey(0), params, 'include')
     bn = run.state.params['000_stem']['norm']['bn']['scale']
     np.testing.assert_array_equal(included['000_stem']['norm']['bn']['scale'], bn)
 

@@ -215,7 +215,6 @@ def test_any_model_signals_match_plain_jax_gradients():
     loss = lambda out: jnp.mean(steps.cross_entropy(out, y))
     assert signals.layer_order(net, variables, (x,), train=False) == ['z_in', 'm_norm', 'a_out']
     m = signals.measure(net, variables, (x,), loss, taps=['m_norm'], train=False)
-    assert list(m)[:2] == ['grad_norm/z_in', 'param_norm/z_in']
 
     # Independent: jax.grad of the plain apply, and of the head as a function of the tapped h.
     grads = jax.grad(lambda p: loss(net.apply({'params': p}, x, train=False)))(variables['params'])

@@ -305,20 +305,24 @@ def measure(
     Returns `grad_norm/` and `param_norm/` of every layer (default: every parameter-owning
     module in forward order, `layer_order`; or the `layers` given), the activation signals of
     `tap_signals` for the module paths in `taps` and the model output, `grad_norm/global` and
-    `probe/loss`. Nothing is jitted here: wrap the call in `jax.jit` with the model, loss and
-    taps fixed to run it more than once.
+    `probe/loss`. The pass is compiled for each call (`jax.jit`, with `loss_fn` and the
+    arguments baked in); inside a jitted function of the caller it is simply traced.
     """
     if layers is None:
         layers = layer_order(model, variables, args, rngs, **kwargs)
-    with tap(taps):
-        loss, _, new, grads, act_grads = value_and_grads(
-            model, variables, args, loss_fn, rngs, **kwargs
-        )
-    out = weight_signals(variables['params'], grads, layers=layers)
-    out.update(tap_signals(new['intermediates'], act_grads, taps))
-    out['grad_norm/global'] = _norm(jax.tree.leaves(grads))
-    out['probe/loss'] = loss
-    return out
+
+    def compute(variables, args, rngs):
+        with tap(taps):
+            loss, _, new, grads, act_grads = value_and_grads(
+                model, variables, args, loss_fn, rngs, **kwargs
+            )
+        out = weight_signals(variables['params'], grads, layers=layers)
+        out.update(tap_signals(new['intermediates'], act_grads, taps))
+        out['grad_norm/global'] = _norm(jax.tree.leaves(grads))
+        out['probe/loss'] = loss
+        return out
+
+    return jax.jit(compute)(variables, args, rngs)
 
 
 def profile(
