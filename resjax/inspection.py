@@ -885,12 +885,7 @@ def signal_metrics(run: Run, batch: dict) -> dict[str, float]:
         loss, _, new_vars, grads, act_grads = steps.loss_and_grads(
             run.model, params, batch_stats, batch, probes=True
         )
-        layers = signals.weight_layers(params)
-        out = {}
-        g, w = signals.layer_norms(grads, layers), signals.layer_norms(params, layers)
-        for name in layers:
-            out[f'grad_norm/{name}'] = g[name]
-            out[f'param_norm/{name}'] = w[name]
+        out = signals.weight_signals(params, grads)
         out.update(
             signals.activation_signals(
                 new_vars['intermediates'], act_grads, run.model.preactivation
