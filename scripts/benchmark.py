@@ -18,7 +18,8 @@ statistics not updated), recomputed and with the gradient linearised once
 and the train loop's sharpness probe (`hessian.make_sharpness_probe`: algebraic lambda_max by
 power iteration to relative tolerance 1e-3, at most `--max_hvps` HVPs plus one for the
 gradient curvature), timed after its compile; and lambda_max to 1e-3 with at most
-`--power_iters` HVPs, BN in eval mode (`lambda_max_lin*`: linearised, now;
+`--power_iters` HVPs, BN in eval mode with running statistics set to the batch's own
+(`batch_statistics`; `lambda_max_lin*`: linearised, now;
 `lambda_max_recomputed*`: every HVP recomputed, as before), construction included. `--torch`
 adds the same model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and
 bfloat16 by autocast on a GPU; channels-last on a GPU); with `--hvp` its double-backward HVP
@@ -222,9 +223,10 @@ def time_curvature(
     # construction included but not the compile: with the gradient linearised once (now), and
     # recomputing it every HVP (as every power iteration did before).
     eval_loss, power = hessian.probe_loss(model, 'eval'), {}
+    stats = batch_statistics(model, state.params, state.batch_stats, batch)
     for name, linearize in (('lambda_max_lin', True), ('lambda_max_recomputed', False)):
         make = functools.partial(
-            curvature.Hessian, eval_loss, state.params, batch, state.batch_stats, linearize
+            curvature.Hessian, eval_loss, state.params, batch, stats, linearize
         )
         jax.block_until_ready(make().hvp(v))  # compiles
         start = time.perf_counter()
@@ -239,6 +241,7 @@ def time_curvature(
     )
     return power | {
         'loss_eval': h.loss(),
+        'eval_batch_stats': stats,
         'grad_ms': grad_ms,
         'hvp_ms': hvp_ms,
         'hvp_over_grad': hvp_ms / grad_ms,
@@ -390,6 +393,18 @@ def torch_supports(config) -> str | None:
     return None
 
 
+def batch_statistics(model, params, batch_stats, batch: dict):
+    """Running BN statistics equal to `batch`'s own, so that eval mode computes what train mode
+    does on it (as after long training on this batch; a random init's running statistics, 0
+    and 1, give an eval-mode net of another scale entirely). One training-mode forward: flax
+    stores 0.9 old + 0.1 new, which is solved for new."""
+    _, new = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'],
+    )  # fmt: skip
+    return jax.tree.map(lambda n, o: (n - 0.9 * o) / 0.1, new['batch_stats'], batch_stats)
+
+
 def time_torch(
     config,
     shape,
@@ -490,7 +505,7 @@ def copy_weights(net, layers: Sequence[str], params, batch_stats) -> None:
     assert len(layers) == len(mods), (len(layers), len(mods))
     flat_params = flax.traverse_util.flatten_dict(params, sep='/')
     flat_stats = flax.traverse_util.flatten_dict(batch_stats, sep='/')
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))
+    as_tensor = lambda a: torch.from_numpy(np.array(a, np.float32))  # a writable copy
     with torch.no_grad():
         for name, m in zip(layers, mods, strict=True):
             if isinstance(m, torch.nn.Conv2d):
@@ -634,10 +649,11 @@ def run_benchmark(
             curv = time_curvature(
                 model, state, batch, num_steps, max_hvps, log, compiler_options, power_iters
             )
+            stats = curv.pop('eval_batch_stats')  # BN statistics of the eval-mode lambda_max
             if torch and not torch_supports(config):  # PyHessian on these weights and batch.
                 variables = {'params': state.params, 'batch_stats': state.batch_stats}
                 layers = signals.layer_order(model, variables, (batch['image'],), train=False)
-                weights = jax.device_get((variables['params'], variables['batch_stats']))
+                weights = jax.device_get((variables['params'], stats))
                 jax_weights = (layers, *weights, curv['loss_eval'])
                 jax_batch = jax.device_get(batch)
 
