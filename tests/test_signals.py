@@ -233,6 +233,8 @@ def test_any_model_signals_match_plain_jax_gradients():
     gsc = np.linalg.norm(dh) * np.linalg.norm(h) / (np.linalg.norm(dz) * np.linalg.norm(logits))
     np.testing.assert_allclose(m['gsc/m_norm'], gsc, rtol=1e-5)
     assert m['gsc/output'] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="tap 'm_nrom'"):
+        signals.measure(net, variables, (x,), loss, taps=['m_nrom'], train=False)
 
     # Dropout: the rng given is the one used (same key, same numbers; another, others).
     at = lambda k: signals.measure(net, variables, (x,), loss, rngs={'dropout': k}, train=True)

@@ -277,6 +277,11 @@ def tap_signals(
     out = {}
     for name in [*taps, 'output']:
         key = TAP if name == 'output' else f'{name}/{TAP}'
+        if key not in acts:
+            raise ValueError(
+                f'tap {name!r}: no module at that path returned an array; the paths are '
+                "'/'-joined module names (signals.layer_order lists the parameter-owning ones)"
+            )
         x, g = acts[key][0].astype(jnp.float32), grads[key]
         out[f'act_mean/{name}'] = jnp.mean(x)
         out[f'act_std/{name}'] = jnp.std(x)
