@@ -38,13 +38,16 @@ def mean_loss(model: nn.Module, params, batch: dict) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
 
 
-def probe(model: nn.Module, params, batch: dict, key: jax.Array, grid: int = 11) -> dict:
-    """Every probe of resjax on `model` at `params`, on one batch; the example's dozen lines."""
+def probe(
+    model: nn.Module, params, batch: dict, key: jax.Array, grid: int = 11, order: int = 40
+) -> dict:
+    """Every probe of resjax on `model` at `params`, on one batch: the example's dozen lines.
+    `grid` points per axis of the 2-D slice, `order` Lanczos steps (and trace samples)."""
     loss_fn = functools.partial(mean_loss, model)
     h = curvature.Hessian(loss_fn, params, batch)
     eigenvalues, _ = h.eigenvalues(top_n=1)
-    trace, trace_stderr = h.trace(num_samples=20)
-    support, density = h.density(order=min(40, h.dim))
+    trace, trace_stderr = h.trace(num_samples=order)
+    support, density = h.density(order=min(order, h.dim))
     directions = [landscape.random_direction(k, params) for k in jax.random.split(key)]
     xs = np.linspace(-1, 1, grid)
     surface = landscape.slice_2d(loss_fn, params, directions, xs, xs, batch)

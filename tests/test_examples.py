@@ -52,7 +52,7 @@ def test_flax_cnn_example(batch):
     ex = _load('flax_cnn')
     model = ex.CNN(width=2)
     params = model.init(jax.random.PRNGKey(0), batch['image'][:1])['params']
-    out = ex.probe(model, params, batch, jax.random.PRNGKey(1), grid=5)
+    out = ex.probe(model, params, batch, jax.random.PRNGKey(1), grid=5, order=16)
     assert out['layers'] == ['conv1', 'conv2', 'head']
     _check(out, functools.partial(ex.mean_loss, model), params, batch)
 
@@ -62,7 +62,7 @@ def test_vit_tiny_example(batch):
     model = ex.ViT(dim=4, depth=1, heads=1, patch=4, dropout=0.5)
     params = model.init(jax.random.PRNGKey(0), batch['image'][:1])['params']
     key = jax.random.PRNGKey(1)
-    out = ex.probe(model, params, batch, key, grid=5)
+    out = ex.probe(model, params, batch, key, grid=5, order=16)
     assert out['layers'][:3] == ['pos_embedding', 'embed', 'block0/ln1']  # forward, not sorted
     assert out['layers'][-2:] == ['ln', 'head']
     # The probes see the same fixed dropout mask as this loss (another mask: another loss).

@@ -120,7 +120,8 @@ def test_known_physics_at_init_on_digits():
     # Yang et al. 2019: BN plain nets' gradients explode towards the input; ResNets' stay flat.
     ratio = {}
     for residual in (False, True):
-        model, variables, batch = _setup(depth=56, residual=residual, width=1.0, n=256)
+        # Depth 44 on 64 digits: plain 149x, residual 2.0x (depth 56 on 256: 573x and 1.9x).
+        model, variables, batch = _setup(depth=44, residual=residual, width=1.0, n=64)
         sig, *_ = _signals(model, variables, batch)
         ratio[residual] = signals.first_last_ratio(sig)
     assert ratio[False] > 20, ratio
