@@ -43,7 +43,9 @@ def test_model_names(benchmark):
 @pytest.mark.slow
 def test_records(benchmark):
     # max_hvps=1 keeps the curvature part short; the sharpness probe is tested elsewhere.
-    records = benchmark.run_benchmark(['resnet8'], [4], 'float32', 2, hvp=True, max_hvps=1)
+    records = benchmark.run_benchmark(
+        ['resnet8'], [4], 'float32', 2, hvp=True, max_hvps=1, power_iters=2
+    )
     assert [r['model'] for r in records] == ['resnet8']
     keys = ['compile_s', 'step_ms', 'step_ms_min', 'step_ms_max', 'images_per_sec']
     keys += ['grad_ms', 'hvp_ms', 'hvp_over_grad', 'lambda_max_s', 'lambda_max_hvps']
@@ -57,6 +59,8 @@ def test_records(benchmark):
         assert r['step_ms_min'] <= r['step_ms'] <= r['step_ms_max']
         assert math.isfinite(r['lambda_max'])
         assert 2 <= r['lambda_max_hvps'] <= 3  # <= max_hvps per power run, + grad curvature
+        assert math.isfinite(r['lambda_max_lin']) and r['lambda_max_lin_s'] > 0
+        assert r['lambda_max_lin_hvps'] == r['lambda_max_recomputed_hvps'] == 2  # power_iters
     table = benchmark.format_table(records).splitlines()
     assert len(table) == 2 and len({len(line) for line in table}) == 1
 
