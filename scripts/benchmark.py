@@ -398,11 +398,13 @@ def batch_statistics(model, params, batch_stats, batch: dict):
     does on it (as after long training on this batch; a random init's running statistics, 0
     and 1, give an eval-mode net of another scale entirely). One training-mode forward: flax
     stores 0.9 old + 0.1 new, which is solved for new."""
-    _, new = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'],
-    )  # fmt: skip
-    return jax.tree.map(lambda n, o: (n - 0.9 * o) / 0.1, new['batch_stats'], batch_stats)
+
+    def solve(params, batch_stats, images):
+        variables = {'params': params, 'batch_stats': batch_stats}
+        _, new = model.apply(variables, images, train=True, mutable=['batch_stats'])
+        return jax.tree.map(lambda n, o: (n - 0.9 * o) / 0.1, new['batch_stats'], batch_stats)
+
+    return xla.run_once(solve, params, batch_stats, batch['image'])  # eager flax is slow
 
 
 def time_torch(
