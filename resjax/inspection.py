@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import optax.tree_utils as otu
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -412,10 +413,7 @@ def _point_loss(model: Any, bn_mode: str) -> Callable[[dict, dict], dict[str, ja
         raise ValueError(f'bn_mode={bn_mode!r} is unknown; use one of {hessian.BN_MODES}')
 
     def loss(point, batch):
-        if bn_mode == 'train':  # The updated statistics are discarded.
-            logits, _ = model.apply(point, batch['image'], train=True, mutable=['batch_stats'])
-        else:
-            logits = model.apply(point, batch['image'], train=False)
+        logits = hessian.probe_logits(model, point, batch, bn_mode)
         mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
         correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
         return {
@@ -567,11 +565,11 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
         dirs = [landscape.random_direction(key(i), params, opts.biasbn) for i in range(num)]
     elif opts.direction in ('eigen', 'gradient'):
         h = hessian_of(run, probe_batches(run, opts), opts.bn_mode)
-        norm = otu_norm(params)
+        norm = float(otu.tree_norm(params))
         dirs = []
         if opts.direction == 'gradient':
             dirs.append(landscape.gradient_direction(h))
-            info['gradient_norm'] = otu_norm(dirs[0])
+            info['gradient_norm'] = float(otu.tree_norm(dirs[0]))
         if len(dirs) < num:
             eigen, top = landscape.eigen_directions(
                 h, num - len(dirs), jax.random.PRNGKey(opts.seed), opts.lanczos_order,
@@ -586,11 +584,6 @@ def landscape_directions(run: Run, opts: Options, num: int) -> tuple[list[dict],
     # The running statistics stay fixed along every direction.
     zero_stats = jax.tree.map(jnp.zeros_like, stats)
     return [{'params': d, 'batch_stats': zero_stats} for d in dirs], info
-
-
-def otu_norm(tree: PyTree) -> float:
-    """L2 norm over every leaf of `tree` (float)."""
-    return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
 
 
 def landscape_1d(run: Run, opts: Options, directions: list[dict] | None = None) -> dict:

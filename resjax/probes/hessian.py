@@ -27,6 +27,15 @@ PyTree = Any
 BN_MODES = ('train', 'eval')
 
 
+def probe_logits(model: nn.Module, variables: PyTree, batch: dict, bn_mode: str) -> jax.Array:
+    """The model's logits on `batch['image']` at `variables` ({'params', 'batch_stats'}), BN in
+    `bn_mode` ('train': the batch's own statistics, the updated running ones discarded;
+    'eval': the running statistics)."""
+    if bn_mode == 'train':
+        return model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])[0]
+    return model.apply(variables, batch['image'], train=False)
+
+
 @functools.cache
 def probe_loss(model: nn.Module, bn_mode: str = 'train') -> Callable[..., jax.Array]:
     """`loss(params, batch, batch_stats)`: the mean cross-entropy over `batch` (weighted by
@@ -43,13 +52,7 @@ def probe_loss(model: nn.Module, bn_mode: str = 'train') -> Callable[..., jax.Ar
         model = model.clone(scan_blocks=False)
 
     def loss(params, batch, batch_stats):
-        variables = {'params': params, 'batch_stats': batch_stats}
-        if bn_mode == 'train':
-            logits, _ = model.apply(
-                variables, batch['image'], train=True, mutable=['batch_stats']
-            )  # The updated statistics are discarded.
-        else:
-            logits = model.apply(variables, batch['image'], train=False)
+        logits = probe_logits(model, {'params': params, 'batch_stats': batch_stats}, batch, bn_mode)
         per_example = cross_entropy(logits, batch['label'])
         if 'mask' in batch:
             return jnp.sum(per_example * batch['mask']) / jnp.sum(batch['mask'])
