@@ -30,13 +30,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKSUMS_KEY = 'resjax_crc32'
+SPACE_MARGIN = 1.25  # Free space a save needs, over the last checkpoint's size on disk.
 
 
 def checkpoint_manager(
-    workdir: str, keep: int = 3, read_only: bool = False
+    workdir: str, keep: int = 3, read_only: bool = False, subdir: str = 'checkpoints'
 ) -> ocp.CheckpointManager:
-    """A manager for `<workdir>/checkpoints`. `read_only` never creates or deletes anything
-    (inspection uses it while training may still be writing)."""
+    """A manager for `<workdir>/<subdir>` (`checkpoints`, or `construct.START_DIR`).
+    `read_only` never creates or deletes anything (inspection uses it while training may still
+    be writing)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep,
         create=not read_only,
@@ -44,7 +46,7 @@ def checkpoint_manager(
         cleanup_tmp_directories=not read_only,  # Unfinalised saves of a killed run.
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options
+        os.path.join(os.path.abspath(workdir), subdir), options=options
     )
 
 
@@ -77,9 +79,9 @@ def _host_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def save(manager: ocp.CheckpointManager, state: Any) -> None:
-    """Saves `state` at its own step, with its checksums, asynchronously (errors surface in
-    `check_saved`).
+def save(manager: ocp.CheckpointManager, state: Any, metadata: dict | None = None) -> None:
+    """Saves `state` at its own step, with its checksums and any JSON `metadata` (read back by
+    `saved_metadata`), asynchronously (errors surface in `check_saved`).
 
     Raises SaveError before writing anything if the disk has less free space than the last
     checkpoint takes on it (or the state's size, for the first): a save that cannot fit is not
@@ -87,46 +89,67 @@ def save(manager: ocp.CheckpointManager, state: Any) -> None:
     """
     # orbax finishes the previous save before it starts one: wait here, so that its error (if
     # any) is ours to report and its size on disk is known.
-    check_saved(manager, wait=True)
+    check_saved(manager)
     step = int(jax.device_get(state.step))
     directory = str(manager.directory)
+    # A margin over the last one's size: a save also writes metadata and temporary files.
     needed = max(_latest_on_disk(manager), sum(x.nbytes for x in jax.tree.leaves(state)))
+    needed = int(needed * SPACE_MARGIN)
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise SaveError(_no_space(directory, step, needed, free))
-    manager.save(
-        step,
-        args=ocp.args.StandardSave(state),
-        force=True,
-        custom_metadata={CHECKSUMS_KEY: checksums(state)},
-    )
-
-
-def check_saved(manager: ocp.CheckpointManager, wait: bool = False) -> None:
-    """Raises SaveError (one line, naming the directory and the space needed if the disk is
-    full) if a finished background save failed, after removing what it left; `wait` first
-    waits for the save in progress."""
     try:
-        if wait:
-            manager.wait_until_finished()
-        else:
-            manager.check_for_errors()
+        manager.save(
+            step,
+            args=ocp.args.StandardSave(state),
+            force=True,
+            custom_metadata={**(metadata or {}), CHECKSUMS_KEY: checksums(state)},
+        )
+    except Exception as e:  # noqa: BLE001  (orbax raises OSError, TensorStore's ValueError, ...)
+        raise _save_error(manager, e) from e
+
+
+def check_saved(manager: ocp.CheckpointManager) -> None:
+    """Waits for the background save in progress, if any; raises SaveError (one line, naming
+    the directory and the space needed if the disk is full) if it failed, after removing what
+    it left.
+
+    orbax's non-blocking `check_for_errors` does not see a failure of the save's finalize
+    thread (docs/notes.md, orbax), so a failed save is found only by waiting for it.
+    """
+    try:
+        manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  (orbax re-raises the save thread's error as is)
-        directory = str(manager.directory)
-        for tmp in glob.glob(os.path.join(directory, '*.orbax-checkpoint-tmp*')):
-            shutil.rmtree(tmp, ignore_errors=True)
-        needed = _latest_on_disk(manager)
-        cause = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        # TensorStore reports a full disk as a ValueError: RESOURCE_EXHAUSTED.
-        full = cause is not None and cause.errno == errno.ENOSPC
-        if full or any(s in str(e) for s in ('No space left', 'RESOURCE_EXHAUSTED')):
-            message = _no_space(directory, None, needed, shutil.disk_usage(directory).free)
-        else:
-            reason = f'{type(e).__name__}: {str(e).strip()}'.splitlines()[0][:200]
-            message = f'a checkpoint save in {directory} failed ({reason})'
-        raise SaveError(message) from e
+        raise _save_error(manager, e) from e
+
+
+def _save_error(manager: ocp.CheckpointManager, error: Exception) -> SaveError:
+    """The one-line SaveError for a save that failed, after removing what it left."""
+    directory = str(manager.directory)
+    for tmp in glob.glob(os.path.join(directory, '*.orbax-checkpoint-tmp*')):
+        shutil.rmtree(tmp, ignore_errors=True)
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    # TensorStore reports a full disk as a ValueError: RESOURCE_EXHAUSTED.
+    full = cause is not None and cause.errno == errno.ENOSPC
+    if full or any(s in str(error) for s in ('No space left', 'RESOURCE_EXHAUSTED')):
+        free = shutil.disk_usage(directory).free
+        last = _latest_on_disk(manager)
+        return SaveError(
+            f'no space left while saving a checkpoint in {directory} ({_size(free)} free '
+            f'now, the last checkpoint takes {_size(last)}); free space and rerun the same '
+            'command to resume from the last saved step'
+        )
+    reason = f'{type(error).__name__}: {str(error).strip()}'.splitlines()[0][:200]
+    return SaveError(f'a checkpoint save in {directory} failed ({reason})')
+
+
+def saved_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The `metadata` saved with `step` by `save` (without the checksums)."""
+    saved = dict(manager.metadata(step).custom_metadata or {})
+    saved.pop(CHECKSUMS_KEY, None)
+    return saved
 
 
 def _latest_on_disk(manager: ocp.CheckpointManager) -> int:
@@ -140,13 +163,15 @@ def _latest_on_disk(manager: ocp.CheckpointManager) -> int:
     return on_disk
 
 
-def _no_space(directory: str, step: int | None, needed: int, free: int) -> str:
-    what = f'checkpoint {step}' if step is not None else 'a checkpoint'
-    size = lambda n: f'{n / 2**20:.1f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
-    need = f'it needs about {size(needed)}, ' if needed else ''
+def _size(n: int) -> str:
+    return f'{n / 2**20:.1f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
+
+
+def _no_space(directory: str, step: int, needed: int, free: int) -> str:
     return (
-        f'no space left to save {what} in {directory}: {need}{size(free)} are free; free space '
-        'and rerun the same command to resume from the last saved step'
+        f'no space left to save checkpoint {step} in {directory}: it needs about '
+        f'{_size(needed)}, {_size(free)} are free; free space and rerun the same command to '
+        'resume from the last saved step'
     )
 
 

@@ -5,11 +5,16 @@ with `finalize(config, arg)`, which applies the `smoke` argument."""
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Iterator
 
 import ml_collections
 
 from resjax import study_config
+
+# The configs `finalize` has applied its argument to (a config file may skip it), by id
+# (a ConfigDict is not hashable).
+_FINALIZED: dict[int, weakref.ref] = {}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -93,6 +98,7 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     if unknown:
         raise ValueError(f'unknown config argument(s) {sorted(unknown)}; the only one is smoke')
     _check_keys(config)
+    _FINALIZED[id(config)] = weakref.ref(config)
     if 'smoke' in args:
         c = config
         c.model.width = min(c.model.width, 0.25)
@@ -110,6 +116,21 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         c.probes.hessian_every_steps = c.probes.hessian_every_steps and 5
         c.probes.hessian_iters = min(c.probes.hessian_iters, 5)
     return config
+
+
+def check_loaded(config: ml_collections.ConfigDict, config_file: str) -> None:
+    """Checks a config as a script loaded it from `config_file` (`path[:arg]`): no key that
+    resjax does not read, and an argument only if the file applied it through `finalize`
+    (a file that skips `finalize` would otherwise ignore `:smoke` silently). Raises ValueError
+    (one line)."""
+    _check_keys(config)
+    path, _, arg = config_file.partition('.py:')
+    finalized = _FINALIZED.get(id(config), lambda: None)() is config
+    if arg and not finalized:
+        raise ValueError(
+            f'{path}.py ignores its argument {arg!r}: its get_config(arg) must end with '
+            '`return config_lib.finalize(config, arg)`'
+        )
 
 
 def _check_keys(config: ml_collections.ConfigDict) -> None:

@@ -21,6 +21,8 @@ Eval-mode outputs equal the shallow net's up to float32 rounding (tests/test_blo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from typing import Any
 
@@ -31,10 +33,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from resjax import steps
+from resjax import checkpoint, steps
+from resjax import workdir as workdir_lib
 
 PyTree = Any
 CALIBRATION_EXAMPLES = 1024
+START_DIR = 'constructed_start'  # In a constructed run's workdir: its step-0 state.
 BN_EPSILON = 1e-5  # resjax.models.resnet.Norm's
 # model keys that must agree between the shallow and the deep net.
 SAME_KEYS = ('family', 'residual', 'shortcut', 'norm', 'width', 'preactivation', 'dtype')
@@ -71,6 +75,15 @@ def check_source(config: ml_collections.ConfigDict) -> None:
     except inspection.InspectError as e:
         raise ValueError(f'train.init_from: {e}') from None
     check_compatible(source.model, config.model)
+    for key in ('name', 'num_classes', 'image_shape'):
+        a, b = source.dataset.get(key), config.dataset.get(key)
+        if key == 'image_shape' and a is not None and b is not None:
+            a, b = tuple(a), tuple(b)
+        if a != b:
+            raise ValueError(
+                f'train.init_from: the source run has dataset.{key}={a!r}, this run {b!r}; '
+                'a constructed net starts from a solution of the same task'
+            )
 
 
 def _stage_blocks(params: PyTree) -> dict[int, list[str]]:
@@ -154,6 +167,12 @@ def extend(
     shallow_stages, deep_stages = _stage_blocks(sp), _stage_blocks(params)
     for name in params:
         if not _BLOCK.match(name):  # stem, head
+            shapes = [jax.tree.map(jnp.shape, t[name]) for t in (sp, params)]
+            if shapes[0] != shapes[1]:
+                raise ValueError(
+                    f'train.init_from: layer {name} of the source run has shapes {shapes[0]}, '
+                    f'this run {shapes[1]} (another number of classes or channels?)'
+                )
             params[name] = sp[name]
             if name in stats:
                 stats[name] = ss[name]
@@ -181,17 +200,67 @@ def initial_state(
     model: Any,
     tx: optax.GradientTransformation,
     image_shape: tuple[int, ...],
+    workdir: str | None = None,
 ) -> steps.TrainState:
     """The run's step-0 state: `steps.create_train_state` from `config.seed`, or, with
-    `train.init_from`, that state with params and BN statistics replaced by the constructed
-    solution of the source run's latest checkpoint (optimizer state fresh). Deterministic, so
-    a resumed run recomputes it for the `init_distance/` probes. Raises ValueError (one line)
-    for a source that cannot be read or does not fit."""
-    state = steps.create_train_state(model, tx, image_shape, config.seed)
+    `train.init_from`, the constructed start that the run in `workdir` saved when it began
+    (`saved_start`), built anew (`build`) only for a run that saved none. Raises ValueError (one
+    line) for a start or source that cannot be read or does not fit."""
     if not config.train.init_from:
-        return state
+        return steps.create_train_state(model, tx, image_shape, config.seed)
+    if workdir is not None:
+        abstract = jax.eval_shape(
+            lambda: steps.create_train_state(model, tx, image_shape, config.seed)
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+        )
+        saved = saved_start(workdir, abstract)
+        if saved is not None:
+            return saved
+    return build(config, model, tx, image_shape)[0]
+
+
+def saved_start(workdir: str, abstract_state: Any) -> steps.TrainState | None:
+    """The constructed start `<workdir>/constructed_start` holds (`save_start`), restored onto
+    `abstract_state`; None if the run saved none (it predates saved starts, or is not
+    constructed). Raises ValueError (one line) if it is damaged."""
+    if not os.path.isdir(os.path.join(workdir, START_DIR)):
+        return None
+    manager = checkpoint.checkpoint_manager(workdir, read_only=True, subdir=START_DIR)
+    with contextlib.closing(manager):
+        if manager.latest_step() is None:
+            return None
+        try:
+            return checkpoint.restore(manager, abstract_state)
+        except checkpoint.CheckpointError as e:
+            raise ValueError(f'train.init_from: {e}') from None
+
+
+def save_start(workdir: str, state: steps.TrainState, source: dict) -> None:
+    """Saves a constructed run's start in `<workdir>/constructed_start`, with `source` (the
+    source workdir and the step it was built from) beside it: a resumed run and inspection
+    read it back instead of rebuilding it from a source that may have trained on or gone."""
+    manager = checkpoint.checkpoint_manager(workdir, keep=1, subdir=START_DIR)
+    with contextlib.closing(manager):
+        checkpoint.save(manager, state, {'init_from': source})
+        checkpoint.check_saved(manager)
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+) -> tuple[steps.TrainState, dict]:
+    """`steps.create_train_state` from `config.seed` with params and BN statistics replaced by
+    the constructed solution of the `train.init_from` run's latest checkpoint (optimizer state
+    fresh), and `{'workdir', 'step', 'still_training'}` of that source. Raises ValueError (one
+    line) for a source that cannot be read or does not fit."""
     from resjax import inspection  # Reads checkpoints read-only; heavy, so only here.
 
+    state = steps.create_train_state(model, tx, image_shape, config.seed)
     try:
         source = inspection.load_run(config.train.init_from, batch=256)
     except inspection.InspectError as e:
@@ -211,6 +280,12 @@ def initial_state(
         images,
         config.model.residual,
     )
-    return state.replace(
+    state = state.replace(
         params=deep['params'], batch_stats=deep['batch_stats'], opt_state=tx.init(deep['params'])
     )
+    busy = workdir_lib.is_locked(source.workdir)
+    return state, {
+        'workdir': os.path.abspath(source.workdir),
+        'step': source.step,
+        'still_training': busy,
+    }

@@ -107,8 +107,14 @@ class Run:
 
     def initial_state(self) -> steps.TrainState:
         """The exact step-0 state of this run (same model, optimizer, image shape and seed;
-        for a `train.init_from` run, the constructed solution)."""
-        return construct.initial_state(self.config, self.model, self.tx, self.dataset.image_shape)
+        for a `train.init_from` run, the constructed start it saved). Raises InspectError (one
+        line) if that start cannot be had."""
+        try:
+            return construct.initial_state(
+                self.config, self.model, self.tx, self.dataset.image_shape, self.workdir
+            )
+        except ValueError as e:
+            raise InspectError(f'{self.workdir!r}: {e}') from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,8 +709,16 @@ def _interpolate_start(runs: list[Run], opts: Options) -> dict:
     once and checked to hold the same model."""
     other = load_run(opts.to, None, opts.batch) if opts.to else None
     for run in runs:
-        if other is not None and other.config.model.to_dict() != run.config.model.to_dict():
+        if other is None:
+            continue
+        if other.config.model.to_dict() != run.config.model.to_dict():
             raise InspectError(f'--to {opts.to!r} holds another model than {run.workdir!r}')
+        shapes = [jax.tree.map(jnp.shape, r.state.params) for r in (other, run)]
+        if shapes[0] != shapes[1]:
+            raise InspectError(
+                f'--to {opts.to!r} has other parameter shapes than {run.workdir!r} (another '
+                'number of classes or image channels?); interpolate between runs of one task'
+            )
     return {'other': other}
 
 
@@ -1060,11 +1074,20 @@ def validate(probes: list[str], opts: Options) -> None:
         value, choices = getattr(opts, field.name), field.metadata['choices']
         if choices and value not in choices:
             raise InspectError(f'--{field.name}={value!r}; use one of {choices}')
-    for name in ('examples', 'batch', 'grid', 'chunk', 'lanczos_order', 'slq_draws'):
+    for name in (
+        'examples', 'batch', 'grid', 'chunk', 'lanczos_order', 'slq_draws', 'top_k',
+        'trace_samples', 'range', 'shatter_radius',
+    ):  # fmt: skip
         if getattr(opts, name) <= 0:
             raise InspectError(f'--{name}={getattr(opts, name)} must be positive')
-    if opts.grid < 3 and any(p.startswith('landscape') for p in probes):
+    if opts.eval_examples < 0:
+        raise InspectError(f'--eval_examples={opts.eval_examples} must be 0 (all) or positive')
+    if opts.grid < 3 and any(p.startswith('landscape') or p == 'interpolate' for p in probes):
         raise InspectError(f'--grid={opts.grid} must be at least 3')
+    if opts.alpha_min >= opts.alpha_max:
+        raise InspectError(
+            f'--alpha_min={opts.alpha_min} must be below --alpha_max={opts.alpha_max}'
+        )
     if opts.shatter_points < 2:
         raise InspectError('--shatter_points must be at least 2')
     if opts.to and not os.path.isdir(opts.to):

@@ -144,6 +144,22 @@ def _values_at(loss_fn: LossFn, origin: PyTree, directions: tuple, coeffs, batch
     return jax.vmap(at)(coeffs)
 
 
+def check_like(tree: PyTree, params: PyTree, name: str) -> None:
+    """Raises ValueError (one line, naming the first differing leaf) unless `tree` has the
+    structure and leaf shapes of `params`: a direction of another shape would broadcast."""
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    try:
+        leaves = jax.tree_util.tree_structure(params).flatten_up_to(tree)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'{name} is not a tree like params ({str(e).splitlines()[0]})') from None
+    for (path, p), d in zip(paths, leaves, strict=True):
+        if np.shape(d) != np.shape(p):
+            raise ValueError(
+                f'{name}: leaf {jax.tree_util.keystr(path)} has shape {np.shape(d)}, the '
+                f'parameter {np.shape(p)}'
+            )
+
+
 def evaluate_points(
     loss_fn: LossFn,
     origin: PyTree,
@@ -167,9 +183,11 @@ def evaluate_points(
       float64 [P], or a dict of them if `loss_fn` returns a dict: the loss's own units.
     """
     batches = list(batches) if isinstance(batches, (list, tuple)) else [batches]
-    counts = [curvature.example_count(b) for b in batches]
-    weighted = [(b, n / sum(counts)) for b, n in zip(batches, counts) if n > 0]
+    weights = curvature.example_weights(batches)
+    weighted = [(b, w) for b, w in zip(batches, weights) if w > 0]
     directions = tuple(directions)
+    for i, d in enumerate(directions):
+        check_like(d, origin, f'direction {i}')
     coeffs = np.asarray(coeffs, np.float32).reshape(len(coeffs), len(directions))
     n = len(coeffs)
     padded = np.concatenate([coeffs, np.repeat(coeffs[-1:], (-n) % chunk, axis=0)])

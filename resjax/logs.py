@@ -20,7 +20,8 @@ def quiet_logs(orbax_min_level: int = std_logging.WARNING) -> None:
     """Drops two kinds of noise from absl's handler; everything else is logged as before.
 
     - orbax's records below `orbax_min_level`: it logs every save at INFO, and its read-only
-      manager warns on every load (inspection passes `logging.ERROR`).
+      manager warns on every load (inspection passes `logging.ERROR`); and orbax's records
+      that carry a traceback (a failed save's, which resjax reports in one line).
     - JAX's INFO line `Unable to initialize backend 'tpu': ... libtpu.so` while it picks a
       backend on a machine without a TPU: expected, but it reads as an error.
     - After a failed restore (a damaged checkpoint, reported in one line), TensorStore reads
@@ -41,7 +42,9 @@ def quiet_logs(orbax_min_level: int = std_logging.WARNING) -> None:
 
     def keep(record: std_logging.LogRecord) -> bool:
         if 'orbax' in record.pathname:
-            return record.levelno >= orbax_min_level
+            # A failed save is logged with its traceback by each orbax thread it stopped;
+            # resjax reports it once, in one line (checkpoint.check_saved).
+            return record.levelno >= orbax_min_level and not record.exc_info
         return not (
             'xla_bridge' in record.pathname
             and record.levelno < std_logging.WARNING

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import jax
 import numpy as np
+from absl import logging
 
 
 class MetricWriter:
@@ -23,6 +25,7 @@ class MetricWriter:
     def __init__(self, workdir: str, resume_step: int = 0):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, 'metrics.jsonl')
+        self._workdir = workdir
         self._tb = None
         self._resume_step = resume_step
         self._written: set[str] = set()  # metric names already in the file at resume_step
@@ -33,6 +36,7 @@ class MetricWriter:
                 self._written.update(row)
         from tensorboardX import SummaryWriter
 
+        _quiet_event_thread_errors()
         self._tb = SummaryWriter(workdir, flush_secs=30)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -44,15 +48,44 @@ class MetricWriter:
         if not metrics:
             return
         row = {'step': int(step), **{k: float(v) for k, v in sorted(metrics.items())}}
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
+        try:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+        except OSError as e:
+            e.filename = e.filename or self.path  # A failed flush names no file.
+            raise
         for k, v in row.items():
             if k != 'step':
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard file. A failure to flush it (a full or read-only
+        disk) is one warning, not an error: metrics.jsonl is the record, and the run's own
+        error, if any, is the one to report."""
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError as e:
+                logging.warning('TensorBoard events in %s not flushed: %s', self._workdir, e)
+            self._tb = None
+
+
+def _quiet_event_thread_errors() -> None:
+    """tensorboardX writes event files on a thread of its own; an OSError there (full disk)
+    would print a traceback per thread. Such an error becomes one warning line; the loop's own
+    writes hit the same disk and stop the run with one line (train.train_and_evaluate)."""
+    if getattr(threading.excepthook, 'resjax', False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and 'tensorboardX' in str(type(args.thread)):
+            logging.warning('TensorBoard event thread stopped: %s', args.exc_value)
+        else:
+            previous(args)
+
+    hook.resjax = True
+    threading.excepthook = hook
 
 
 def truncate_metrics(path: str, keep_up_to_step: int) -> list[dict]:
@@ -65,7 +98,11 @@ def truncate_metrics(path: str, keep_up_to_step: int) -> list[dict]:
     """
     if not os.path.exists(path):
         return []
+    with open(path) as f:
+        lines = f.readlines()
     rows = [r for r in _read_rows(path, allow_torn_end=True) if r['step'] <= keep_up_to_step]
+    if len(rows) == len(lines) and (not lines or lines[-1].endswith('\n')):
+        return rows  # Nothing to drop: the file stays as it is.
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in rows)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import shutil
 import signal
 import threading
 import time
@@ -74,6 +76,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ):
         if config.train[key] <= 0:
             raise ConfigError(f'train.{key}={config.train[key]} must be positive')
+    for key in ('every_steps', 'hessian_every_steps', 'hessian_trace_samples'):
+        if config.probes[key] < 0:
+            raise ConfigError(f'probes.{key}={config.probes[key]} must be 0 (off) or positive')
+    if config.probes.hessian_every_steps and config.probes.hessian_iters <= 0:
+        raise ConfigError(
+            f'probes.hessian_iters={config.probes.hessian_iters} must be positive (the '
+            'power-iteration HVPs of each curvature probe)'
+        )
+    if config.dataset.num_train_examples < 0:
+        raise ConfigError(
+            f'dataset.num_train_examples={config.dataset.num_train_examples} must be 0 (all) or '
+            'positive'
+        )
     if config.train.steps <= 0:
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
     if not 0 <= config.seed < 2**31:
@@ -103,12 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     except (workdir_lib.WorkdirError, checkpoint.SaveError) as e:
         raise ConfigError(str(e)) from None
     except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise ConfigError(
-            f'no space left on the device writing {e.filename or workdir}; free space and rerun '
-            'the same command to resume from the last saved step'
-        ) from None
+        raise ConfigError(_write_error(e, workdir)) from None
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
@@ -140,12 +150,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     mesh = parallel.create_mesh()
     abstract_state = jax.eval_shape(init)
 
+    built_from = None  # The source of a constructed start built (not restored) by this run.
+
     def first_state():
-        """Step 0: the seed's random init, or the constructed solution (`train.init_from`)."""
+        """Step 0: the seed's random init, or the constructed solution (`train.init_from`):
+        the one this run saved when it began, else built from the source's latest step."""
+        nonlocal built_from
         if not config.train.init_from:
             return xla.run_once(init, out_shardings=replicated)
         try:
-            state = construct.initial_state(config, model, tx, dataset.image_shape)
+            state = construct.saved_start(workdir, abstract_state)
+            if state is None:
+                state, built_from = construct.build(config, model, tx, dataset.image_shape)
+                logging.info(
+                    'train.init_from: built from step %d of %s%s',
+                    built_from['step'],
+                    built_from['workdir'],
+                    ' (still training: this run keeps that step)'
+                    if built_from['still_training']
+                    else '',
+                )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return jax.device_put(state, replicated)
@@ -177,7 +201,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             config.train.steps,
         )
         return state
-    workdir_lib.write_config(config, workdir)  # The run starts: only now is the workdir changed.
+    # The run starts: only now is the workdir changed.
+    writer = MetricWriter(workdir, resume_step=start_step)
+    workdir_lib.write_config(config, workdir)
+    if built_from is not None and start_step == 0:
+        construct.save_start(workdir, state, built_from)
     # Replica 0 of a pmap-replicated tree in jit's layout (identity under jit).
     to_global = (
         functools.partial(parallel.unreplicate, sharding=replicated) if pmap else lambda t: t
@@ -272,12 +300,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             )
 
     # ----- Loop -------------------------------------------------------------------------------
-    writer = MetricWriter(workdir, resume_step=start_step)
     total = config.train.steps
     train_rows, throughput, compiled = [], _Throughput(start_step), set()
     batches = dataset.train_batches(start_step)
     step = start_step
     previous_params = None
+    saving = False  # A checkpoint save is under way in the background.
     preempted = _PreemptionFlag()
     try:
         while step < total:
@@ -328,6 +356,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                 metrics = metrics['train']
             else:
                 state, metrics = train_step(state, batch)
+            if saving:
+                # The save started after the previous step ends before this step's results are
+                # used (it overlaps the step's device work): a failed save stops the run here.
+                checkpoint.check_saved(manager)
+                saving = False
             step += 1
             train_rows.append(metrics)
             if compiles:
@@ -374,11 +407,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                 throughput.resume(step)
             # SIGTERM here, or orbax's multi-host preemption sync point: save now and stop.
             stop = preempted.is_set() or manager.reached_preemption(step)
-            # A background save that failed stops the run here, one interval late at most.
-            checkpoint.check_saved(manager)
             if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
                 check_finite(state)
                 checkpoint.save(manager, to_global(state))
+                saving = True
             if stop and not is_last:
                 logging.warning(
                     'Preempted: saved step %d in %s; rerun the same command to resume.',
@@ -386,12 +418,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
                     workdir,
                 )
                 break
-        checkpoint.check_saved(manager, wait=True)
+        checkpoint.check_saved(manager)
     finally:
         preempted.restore()
         writer.close()
         manager.close()
     return to_global(state)
+
+
+def _write_error(error: OSError, workdir: str) -> str:
+    """One line for a file the run could not write or read in its workdir: a full or
+    read-only disk, a workdir deleted under the run."""
+    what = error.filename or workdir
+    resume = 'rerun the same command to resume from the last saved step'
+    if not os.path.isdir(workdir):
+        return f'workdir {workdir} disappeared while the run wrote {what}; {resume} elsewhere'
+    if error.errno == errno.ENOSPC:
+        free = shutil.disk_usage(workdir).free
+        return (
+            f'no space left on the device writing {what} ({free / 2**10:.0f} KiB free in '
+            f'{workdir}); free space and {resume}'
+        )
+    return f'cannot write {what} ({error.strerror or error}); fix its permissions or mount and {resume}'
 
 
 class _PreemptionFlag:

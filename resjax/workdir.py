@@ -34,7 +34,8 @@ def check(
 ) -> None:
     """Creates `workdir` if needed and refuses it if it cannot hold this run.
 
-    Refused: an unwritable directory; a config.json that does not parse; one whose
+    Refused: an unwritable directory, config.json or metrics.jsonl; a config.json that does not
+    parse; one whose
     `resume_critical` keys differ from `config`'s (unless `train.allow_config_change`); a
     metrics.jsonl with a malformed row. Writes nothing else.
     """
@@ -47,6 +48,13 @@ def check(
         raise WorkdirError(
             f'workdir {workdir!r} is not writable ({e.strerror}); pick another'
         ) from None
+    for name in ('config.json', 'metrics.jsonl'):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise WorkdirError(
+                f'{path} is not writable (a read-only file or mount); make it writable to '
+                'resume, or use another workdir'
+            )
     path = os.path.join(workdir, 'config.json')
     if os.path.exists(path):
         try:
@@ -127,6 +135,21 @@ def lock(workdir: str) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.close()  # Releases the flock.
+
+
+def is_locked(workdir: str) -> bool:
+    """Whether a run holds `workdir` now (`lock`), tested without writing anything there."""
+    try:
+        fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return False  # No lock file: no run ever held it.
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # Releases the shared lock, if taken.
 
 
 def _get(tree: dict, dotted: str):

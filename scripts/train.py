@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resjax import logs, parallel, train
+from resjax import config_lib, logs, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -88,14 +88,27 @@ def main(argv):
         )
         sys.exit(2)
     try:
+        config_lib.check_loaded(config, config_flags.get_config_filename(FLAGS['config']))
+    except ValueError as e:
+        _exit(f'error: {e}', 2)
+    try:
         train.train_and_evaluate(config, FLAGS.workdir)
     except train.ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+        _exit(f'error: {e}', 2)
     except train.NonFiniteError as e:
-        print(f'stopped: {e}', file=sys.stderr)
-        sys.exit(3)
+        _exit(f'stopped: {e}', 3)
     logging.info('Done: %s', FLAGS.workdir)
+
+
+def _exit(message: str, code: int) -> None:
+    """Prints `message` and ends the process now. After a failed save, orbax's signalling
+    threads (not daemons) wait for signals that will never come, and the interpreter would wait
+    for them at exit (docs/notes.md, orbax); what is saved is whole, so nothing is lost."""
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':

@@ -67,11 +67,19 @@ def to_shape(h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def linear_cka(x: jax.Array, y: jax.Array) -> jax.Array:
     """Linear CKA of two representations of the same n examples (first axis; the rest are
     flattened): <K, L>_F / (||K||_F ||L||_F) with K, L the Gram matrices of the centred
-    features. Invariant to rotations and isotropic scaling of either; float32."""
+    features. Invariant to rotations and isotropic scaling of either; float32.
+
+    Cost: with n examples and d_x, d_y features, the n x n Gram form when n <= max(d_x, d_y),
+    else the same number in feature space, ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) (eq. 5
+    again): memory O(min(n^2, max(d_x, d_y)^2)) floats, so a large probe batch costs no n^2.
+    """
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
     y = y.reshape(y.shape[0], -1).astype(jnp.float32)
     x = x - jnp.mean(x, axis=0)
     y = y - jnp.mean(y, axis=0)
+    if x.shape[0] > max(x.shape[1], y.shape[1]):
+        cross, gx, gy = y.T @ x, x.T @ x, y.T @ y
+        return jnp.sum(cross * cross) / jnp.sqrt(jnp.sum(gx * gx) * jnp.sum(gy * gy))
     gx, gy = x @ x.T, y @ y.T
     return jnp.sum(gx * gy) / jnp.sqrt(jnp.sum(gx * gx) * jnp.sum(gy * gy))
 

@@ -64,6 +64,20 @@ def example_count(batch: PyTree) -> float:
     return float(np.shape(jax.tree.leaves(batch)[0])[0])
 
 
+def example_weights(batches: Sequence[PyTree]) -> list[float]:
+    """Each batch's share of the examples (`example_count` / total): the weights of a
+    dataset-level mean. Raises ValueError if the batches hold no example at all (empty, or
+    every mask entry 0): a mean over nothing has no value."""
+    counts = [example_count(b) for b in batches]
+    total = sum(counts)
+    if total <= 0:
+        raise ValueError(
+            f'the {len(counts)} batch(es) given hold no example (empty, or every mask entry is '
+            '0); pass at least one example'
+        )
+    return [n / total for n in counts]
+
+
 def _bind(loss_fn, batch, state):
     return (lambda p: loss_fn(p, batch)) if state is None else (lambda p: loss_fn(p, batch, state))
 
@@ -145,9 +159,8 @@ class Hessian:
     def __post_init__(self):
         if not isinstance(self.batches, (list, tuple)):
             self.batches = [self.batches]
-        counts = [example_count(b) for b in self.batches]
-        self.weights = [n / sum(counts) for n in counts]
-        self.num_examples = sum(counts)
+        self.weights = example_weights(self.batches)
+        self.num_examples = sum(example_count(b) for b in self.batches)
         flat, self.unravel = ravel_pytree(self.params)
         self.dim, self.dtype = flat.size, flat.dtype
         self._sharding = getattr(jax.tree.leaves(self.params)[0], 'sharding', None)
