@@ -45,9 +45,7 @@ def checkpoint_manager(
         read_only=read_only,
         cleanup_tmp_directories=not read_only,  # Unfinalised saves of a killed run.
     )
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), subdir), options=options
-    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), subdir), options=options)
 
 
 class CheckpointError(ValueError):

@@ -54,9 +54,19 @@ class MetricWriter:
         except OSError as e:
             e.filename = e.filename or self.path  # A failed flush names no file.
             raise
+        self._check_events()
         for k, v in row.items():
             if k != 'step':
                 self._tb.add_scalar(k, v, step)
+
+    def _check_events(self) -> None:
+        """Raises the OSError that stopped tensorboardX's writer thread (a full or read-only
+        disk), if it stopped: its queue would then fill and block the run forever."""
+        worker = getattr(getattr(self._tb.file_writer, 'event_writer', None), '_worker', None)
+        if worker is not None and not worker.is_alive():
+            self._tb = None  # Never touched again: closing it would block on its queue too.
+            error = getattr(worker, 'resjax_error', None)
+            raise error or OSError(f'TensorBoard event writer in {self._workdir} stopped')
 
     def close(self) -> None:
         """Flushes and closes the TensorBoard file. A failure to flush it (a full or read-only
@@ -64,6 +74,7 @@ class MetricWriter:
         error, if any, is the one to report."""
         if self._tb is not None:
             try:
+                self._check_events()
                 self._tb.close()
             except OSError as e:
                 logging.warning('TensorBoard events in %s not flushed: %s', self._workdir, e)
@@ -72,15 +83,15 @@ class MetricWriter:
 
 def _quiet_event_thread_errors() -> None:
     """tensorboardX writes event files on a thread of its own; an OSError there (full disk)
-    would print a traceback per thread. Such an error becomes one warning line; the loop's own
-    writes hit the same disk and stop the run with one line (train.train_and_evaluate)."""
+    would print a traceback. The error is kept on the thread instead, for the run's next
+    write to raise (`MetricWriter._check_events`): one line from the loop, no traceback."""
     if getattr(threading.excepthook, 'resjax', False):
         return
     previous = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
         if isinstance(args.exc_value, OSError) and 'tensorboardX' in str(type(args.thread)):
-            logging.warning('TensorBoard event thread stopped: %s', args.exc_value)
+            args.thread.resjax_error = args.exc_value
         else:
             previous(args)
 

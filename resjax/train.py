@@ -41,8 +41,9 @@ class NonFiniteError(RuntimeError):
     """Training stopped because a loss or gradient was not finite (exit code 3)."""
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks everything that can be checked before building or compiling anything."""
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+    """Checks everything that can be checked before building or compiling anything. A
+    constructed run (`train.init_from`) whose `workdir` holds its saved start needs no source."""
     try:
         models.validate_model_config(config.model)
         optim.learning_rate_schedule(config.train)
@@ -93,7 +94,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
     if not 0 <= config.seed < 2**31:
         raise ConfigError(f'seed={config.seed} must be an integer in [0, 2**31)')
-    if config.train.init_from:
+    started = workdir and os.path.isdir(os.path.join(workdir, construct.START_DIR))
+    if config.train.init_from and not started:
         try:
             construct.check_source(config)
         except ValueError as e:
@@ -110,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     training diverged (`train.on_nonfinite='stop'`; the last good checkpoint is kept).
     """
     # ----- Config, workdir: checked, then held; written only once the run can start ---------
-    validate_config(config)
+    validate_config(config, workdir)
     try:
         workdir_lib.check(config, workdir, RESUME_CRITICAL)
         with workdir_lib.lock(workdir):
@@ -439,7 +441,8 @@ def _write_error(error: OSError, workdir: str) -> str:
             f'no space left on the device writing {what} ({free / 2**10:.0f} KiB free in '
             f'{workdir}); free space and {resume}'
         )
-    return f'cannot write {what} ({error.strerror or error}); fix its permissions or mount and {resume}'
+    reason = error.strerror or error
+    return f'cannot write {what} ({reason}); fix its permissions or mount and {resume}'
 
 
 class _PreemptionFlag:

@@ -496,6 +496,14 @@ BAD_CONFIGS = {
         '    return config_lib.finalize(c, arg)\n',
         "'model.dept' is not one resjax reads (did you mean 'depth'?)",
     ),
+    'a file without finalize given :smoke': (
+        'from resjax import config_lib\n'
+        'def get_config(arg=None):\n'
+        '    c = config_lib.default_config()\n'
+        "    c.dataset.name = 'digits'\n"
+        '    return c\n',
+        "ignores its argument 'smoke': its get_config(arg) must end with",
+    ),
 }
 
 
@@ -507,7 +515,13 @@ def test_bad_config_files_and_values_exit_2_with_one_line(tmp_path, case):
         text, message = BAD_CONFIGS[case]
         config, overrides = tmp_path / 'config.py', []
         config.write_text(text)
-    command = [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'), '--config', str(config)]
+    argument = ':smoke' if 'smoke' in case else ''
+    command = [
+        sys.executable,
+        os.path.join(ROOT, 'scripts', 'train.py'),
+        '--config',
+        f'{config}{argument}',
+    ]
     out = subprocess.run(
         [*command, '--workdir', str(tmp_path / 'run'), *overrides],
         capture_output=True,
