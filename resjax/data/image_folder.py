@@ -28,16 +28,21 @@ tf.data path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import os
 import random
 import time
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 from absl import logging
+
+if TYPE_CHECKING:
+    from resjax.data import Dataset
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # ImageFolder's, compared in lower case.
 EVAL_SPLITS = ('test', 'validation', 'val')
@@ -189,7 +194,7 @@ def stored_size(path: str) -> tuple[int, int]:
 
 def decode_images(files: tuple[str, ...], first: str, first_size: tuple[int, int]) -> np.ndarray:
     """Every file decoded into one (n, height, width, 3) uint8 array; every image must be
-    `first_size` like the file `first`. Logs progress (~5,000 small JPEGs/s on one core)."""
+    `first_size` like the file `first`. Logs progress every 10 s."""
     out = np.empty((len(files), *first_size, 3), np.uint8)
     start, last_log = time.perf_counter(), time.perf_counter()
     for i, path in enumerate(files):
@@ -239,14 +244,16 @@ def cached_decode(
     images = decode_images(files, first, first_size)
     seconds = time.perf_counter() - start
     logging.info('image folder: decoded %d images in %.1f s', len(files), seconds)
+    partial = f'{path}.{os.getpid()}.partial'
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        partial = f'{path}.{os.getpid()}.partial'
         with open(partial, 'wb') as f:
             np.save(f, images)
         os.replace(partial, path)  # Atomic: concurrent runs and processes never read half a file.
     except OSError as e:
         logging.warning('image cache not written to %s (%s): the next run decodes again', path, e)
+        with contextlib.suppress(OSError):
+            os.remove(partial)
     return images
 
 
@@ -299,7 +306,7 @@ def in_memory_dataset(
     config: ml_collections.ConfigDict,
     process_index: int,
     process_count: int,
-):
+) -> Dataset:
     """The folder decoded into memory (cached), as an `array_dataset`; see the module docstring."""
     from resjax.data import array_dataset  # resjax.data imports this module lazily.
 
@@ -364,7 +371,9 @@ def choose_loader(folder: Folder, d: ml_collections.ConfigDict) -> str:
     return 'numpy' if num_bytes <= IN_MEMORY_MAX_BYTES else 'tfds'
 
 
-def create_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+def create_dataset(
+    config: ml_collections.ConfigDict, process_index: int, process_count: int
+) -> Dataset:
     """The `image_folder` dataset through the loader `choose_loader` picks; ValueError (one line)
     for a bad folder or option, before any batch is read."""
     folder = list_folder(config.dataset.data_dir)
@@ -380,7 +389,6 @@ def create_dataset(config: ml_collections.ConfigDict, process_index: int, proces
             why = "augment='imagenet'"
         else:
             why = f'decoded images over {IN_MEMORY_MAX_BYTES >> 30} GiB'
-
         raise ValueError(
             f'image folder {folder.root} needs the tf.data loader ({why}) and TensorFlow is not '
             f"installed ({e}): pip install -e '.[tfds]', or --config.dataset.loader=numpy"
