@@ -31,6 +31,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset.num_classes = 10  # 'synthetic' only; real datasets know theirs.
     c.dataset.image_shape = (32, 32, 3)  # 'synthetic' only.
     c.dataset.shuffle_buffer = 16_384
+    # image_folder only: 'auto' (decoded into memory with PIL if it fits, else tf.data) |
+    # 'numpy' | 'tfds'; decoded folders are cached in cache_dir ('' = ~/.cache/resjax/image_folder).
+    c.dataset.loader = 'auto'
+    c.dataset.cache_dir = ''
 
     c.model = ml_collections.ConfigDict()
     c.model.family = 'cifar'  # 'cifar' (6n+2, 16/32/64) | 'imagenet' (18/34/50/101/152)

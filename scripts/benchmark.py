@@ -26,9 +26,13 @@ bfloat16 by autocast on a GPU; channels-last on a GPU); with `--hvp` its double-
 recomputed and with the gradient graph reused (PyHessian's), and on the CIFAR family PyHessian's
 `eigenvalues()` on resjax's own weights and batch (the `pyhessian` package; same BN mode,
 tolerance and HVP budget). `--pipeline` adds the images/sec of the digits and
-synthetic input pipelines (numpy batches), and with `--image_folder ROOT` that of an image folder
-(`ROOT/{train,test}/<class>/<image>`, e.g. CIFAR-10 as files: decode + CIFAR augmentation, 32x32)
-and its ratio to the step's images/sec. `--width` scales every stage width (`model.width`).
+synthetic input pipelines (numpy batches), and with `--image_folder ROOT` those of an image folder
+(`ROOT/{train,test}/<class>/<image>`, e.g. CIFAR-10 as files; CIFAR augmentation) through each
+loader (`time_folder_pipelines`): the numpy loader's start-up (list, decode, write the cache;
+then again from its cache) and the tf.data loader's (list, check, first batch), the images/sec
+of each after its first batch (tf.data: in its first epoch, files read and decoded, and in its
+second, from its in-memory cache), and the numpy loader's ratio to the step's images/sec.
+`--width` scales every stage width (`model.width`).
 
 Exit codes: 0 done; 2 bad flags (one line, before anything compiles).
 """
@@ -39,8 +43,10 @@ import functools
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -256,18 +262,12 @@ def time_curvature(
 
 
 def time_pipeline(
-    dataset_name: str,
-    batch_size: int,
-    image_shape=None,
-    num_batches: int = 20,
-    data_dir: str = '',
-    augment: str = 'none',
-):
-    """Images/sec of a `resjax.data` pipeline's train_batches (numpy, host only), after its
-    first batch (an image folder: its first epoch, files read and decoded)."""
+    dataset_name: str, batch_size: int, image_shape=None, num_batches: int = 20
+) -> float:
+    """Images/sec of an in-memory `resjax.data` pipeline's train_batches (numpy, host only),
+    after its first batch; image folders: `time_folder_pipelines`."""
     config = config_lib.default_config()
-    config.dataset.name, config.dataset.augment = dataset_name, augment
-    config.dataset.data_dir = data_dir
+    config.dataset.name, config.dataset.augment = dataset_name, 'none'
     config.train.batch_size = batch_size
     if image_shape is not None:
         config.dataset.image_shape = tuple(image_shape)
@@ -278,6 +278,69 @@ def time_pipeline(
     for _ in range(num_batches):
         next(batches)
     return batch_size * num_batches / (time.perf_counter() - start)
+
+
+def images_per_sec(batches, batch_size: int, num_batches: int, chunks: int = 5) -> float:
+    """Median over `chunks` runs of `num_batches // chunks` batches of `batches`: images/sec."""
+    per_chunk = max(1, num_batches // chunks)
+    rates = []
+    for _ in range(chunks):
+        start = time.perf_counter()
+        for _ in range(per_chunk):
+            next(batches)
+        rates.append(batch_size * per_chunk / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def time_folder_pipelines(
+    root: str, batch_size: int, num_batches: int = 200, log: Callable[[str], None] = logging.info
+) -> dict[str, float]:
+    """An image folder through the numpy loader (cache in a fresh temporary folder, deleted
+    after) and, if TensorFlow is installed, the tf.data loader; CIFAR augmentation. Seconds to
+    the first batch of a new dataset (`*_startup_s`) and images/sec after it, medians of 5."""
+    config = config_lib.default_config()
+    config.dataset.name, config.dataset.data_dir = 'image_folder', root
+    config.dataset.augment = 'cifar'
+    config.train.batch_size = batch_size
+    record = {}
+
+    def start(loader: str):
+        config.dataset.loader = loader
+        begin = time.perf_counter()
+        ds = data.create_dataset(config, 0, 1)
+        batches = ds.train_batches(0)
+        next(batches)
+        return ds, batches, time.perf_counter() - begin
+
+    config.dataset.cache_dir = tempfile.mkdtemp(prefix='resjax_bench_')
+    try:
+        _, _, record['folder_numpy_startup_s'] = start('numpy')  # Decodes, writes the cache.
+        _, batches, record['folder_numpy_cached_startup_s'] = start('numpy')
+        record['folder_numpy_images_per_sec'] = images_per_sec(batches, batch_size, num_batches)
+    finally:
+        shutil.rmtree(config.dataset.cache_dir)
+    log(
+        f'  image folder, numpy loader: start-up {record["folder_numpy_startup_s"]:.1f} s '
+        f'(cached {record["folder_numpy_cached_startup_s"]:.1f} s), '
+        f'{record["folder_numpy_images_per_sec"]:.0f} img/s'
+    )
+    try:
+        import tensorflow as _  # noqa: F401
+    except ImportError:
+        log('  image folder, tf.data loader: TensorFlow not installed; skipped')
+        return record
+    ds, batches, record['folder_tfds_startup_s'] = start('tfds')
+    record['folder_tfds_images_per_sec'] = images_per_sec(batches, batch_size, num_batches)
+    # On to the second epoch (the first batch wholly in it), read from tf.data's cache.
+    for _ in range(-(-ds.num_train // batch_size) - num_batches // 5 * 5):
+        next(batches)
+    record['folder_tfds_epoch2_images_per_sec'] = images_per_sec(batches, batch_size, num_batches)
+    log(
+        f'  image folder, tf.data loader: start-up {record["folder_tfds_startup_s"]:.1f} s, '
+        f'{record["folder_tfds_images_per_sec"]:.0f} img/s in the first epoch, '
+        f'{record["folder_tfds_epoch2_images_per_sec"]:.0f} in the second'
+    )
+    return record
 
 
 # ----- PyTorch reference ----------------------------------------------------------------------
@@ -709,11 +772,12 @@ def run_benchmark(
                     pipeline_cache[args] = time_pipeline(*args)
                 record[key] = pipeline_cache[args]
             if image_folder:
-                args = ('image_folder', batch_size, None, 200, image_folder, 'cifar')
+                args = ('image_folder', batch_size)
                 if args not in pipeline_cache:
-                    pipeline_cache[args] = time_pipeline(*args)
-                record['pipeline_folder_images_per_sec'] = pipeline_cache[args]
-                record['folder_over_step'] = pipeline_cache[args] / record['images_per_sec']
+                    pipeline_cache[args] = time_folder_pipelines(image_folder, batch_size, log=log)
+                record.update(pipeline_cache[args])
+                rate = record['folder_numpy_images_per_sec']
+                record['folder_over_step'] = rate / record['images_per_sec']
         records.append(record)
         elapsed = time.perf_counter() - start
         log(f'  done; ETA {elapsed / (i + 1) * (len(jobs) - i - 1):.0f} s')
@@ -757,8 +821,13 @@ RECORD_COLUMNS = [
     ('pyhessian_hvps', 'pyh_hvps', '{}'),
     ('pipeline_images_per_sec', 'digits_img/s', '{:.0f}'),
     ('pipeline_synthetic_images_per_sec', 'synth_img/s', '{:.0f}'),
-    ('pipeline_folder_images_per_sec', 'folder_img/s', '{:.0f}'),
-    ('folder_over_step', 'folder/step', '{:.1f}'),
+    ('folder_numpy_startup_s', 'folder_np_start_s', '{:.1f}'),
+    ('folder_numpy_cached_startup_s', 'cached_start_s', '{:.1f}'),
+    ('folder_numpy_images_per_sec', 'folder_np_img/s', '{:.0f}'),
+    ('folder_over_step', 'np/step', '{:.1f}'),
+    ('folder_tfds_startup_s', 'folder_tf_start_s', '{:.1f}'),
+    ('folder_tfds_images_per_sec', 'folder_tf_img/s', '{:.0f}'),
+    ('folder_tfds_epoch2_images_per_sec', 'tf_epoch2_img/s', '{:.0f}'),
 ]
 
 
@@ -793,7 +862,9 @@ def define_flags() -> None:
     flags.DEFINE_bool('probes', False, 'Also time the train step with per-layer signal probes.')
     flags.DEFINE_bool('pipeline', False, 'Also time the digits and synthetic input pipelines.')
     flags.DEFINE_string(
-        'image_folder', '', 'With --pipeline: also time this image folder (CIFAR augmentation).'
+        'image_folder',
+        '',
+        'With --pipeline: also time this image folder through both loaders (CIFAR augmentation).',
     )
     flags.DEFINE_float('width', 1.0, 'model.width of every model (stage widths x this).')
     flags.DEFINE_list(

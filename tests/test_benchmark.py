@@ -109,8 +109,14 @@ def test_image_folder_pipeline_and_width(benchmark, tmp_path):
             for i in range(n):
                 pixels = np.full((32, 32, 3), 40 * i, np.uint8)
                 Image.fromarray(pixels).save(tmp_path / split / label / f'{i}.png')
-    rate = benchmark.time_pipeline('image_folder', 4, None, 3, str(tmp_path), 'cifar')
-    assert math.isfinite(rate) and rate > 0
+    record = benchmark.time_folder_pipelines(str(tmp_path), 4, num_batches=5, log=print)
+    keys = ['folder_numpy_startup_s', 'folder_numpy_cached_startup_s']
+    keys += ['folder_numpy_images_per_sec']
+    if importlib.util.find_spec('tensorflow'):
+        keys += ['folder_tfds_startup_s', 'folder_tfds_images_per_sec']
+        keys += ['folder_tfds_epoch2_images_per_sec']
+    assert sorted(record) == sorted(keys)
+    assert all(math.isfinite(v) and v > 0 for v in record.values()), record
     half = benchmark.model_config('plain20', width=0.5)[0]
     model = models.create_model(half.model, 10)
     assert model.widths == (8, 16, 32)

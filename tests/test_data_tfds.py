@@ -212,6 +212,7 @@ def folder_config(root, augment='none'):
     c.dataset.name = 'image_folder'
     c.dataset.data_dir = str(root)
     c.dataset.augment = augment
+    c.dataset.loader = 'tfds'  # The tf.data path; tests/test_data_folder.py tests the numpy one.
     c.dataset.image_size = 16
     c.train.batch_size = 4
     c.train.eval_batch_size = 4
@@ -335,3 +336,24 @@ def test_two_training_steps_end_to_end_on_mock_cifar10(cifar10, tmp_path):
     np.testing.assert_allclose(ev['eval/accuracy'], np.mean(logits.argmax(-1) == labels))
     loss = np.mean(steps.cross_entropy(logits, labels))
     np.testing.assert_allclose(ev['eval/loss'], loss, rtol=1e-5)
+
+
+def test_image_folder_listing_is_tfds_imagefolders(tmp_path):
+    # Same examples, order and label ids as tfds.folder_dataset.ImageFolder: the numpy and
+    # tf.data loaders read one list, and checkpoints move between them.
+    from resjax.data import image_folder
+
+    make_folder(tmp_path, eval_split='val')
+    os.makedirs(tmp_path / 'val' / 'ant')  # A label only the eval split has (no images).
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'train' / 'dog' / 'X.JPG')
+    ours = image_folder.list_folder(str(tmp_path))
+    builder = tfds.folder_dataset.ImageFolder(str(tmp_path))
+    assert ours.label_names == tuple(builder.info.features['label'].names) == ('ant', 'cat', 'dog')
+    theirs = builder._split_examples  # noqa: SLF001
+    for split, files, labels in (
+        ('train', ours.train_files, ours.train_labels),
+        ('val', ours.eval_files, ours.eval_labels),
+    ):
+        assert list(files) == [ex.image_path for ex in theirs[split]]
+        ids = builder.info.features['label'].str2int
+        assert labels.tolist() == [ids(ex.label) for ex in theirs[split]]

@@ -9,7 +9,9 @@ NumPy batches `{'image': float32 NHWC, 'label': int32}`:
 - `eval_batches()`: every eval example exactly once, the last batch padded and marked by
   `'mask'` (1.0 real, 0.0 padding); every process yields the same number of batches.
 
-`digits` (scikit-learn's bundled 8x8 handwritten digits) and `synthetic` need no TensorFlow.
+`digits` (scikit-learn's bundled 8x8 handwritten digits), `synthetic` and image folders that
+fit in memory (`image_folder`, decoded once with PIL: `resjax.data.image_folder`) need no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ def create_dataset(
     elif name == 'synthetic':
         images, labels, test_images, test_labels = synthetic_arrays(config.dataset)
         num_classes = config.dataset.num_classes
+    elif name == 'image_folder':
+        from resjax.data import image_folder  # Lazy: it may import TensorFlow (big folders).
+
+        return image_folder.create_dataset(config, process_index, process_count)
     else:
         from resjax.data import tfds_pipeline  # Lazy: TensorFlow is heavy and optional.
 
@@ -130,8 +136,15 @@ def array_dataset(
     config: ml_collections.ConfigDict,
     process_index: int,
     process_count: int,
+    train_transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    eval_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Dataset:
-    """A `Dataset` over in-memory arrays: each epoch a fresh permutation keyed by (seed, epoch)."""
+    """A `Dataset` over in-memory arrays: each epoch a fresh permutation keyed by (seed, epoch).
+
+    `train_transform(images, step)` maps this process's rows of step `step`'s batch to the
+    float32 images the model sees (augmentation, normalisation); `eval_transform(images)` the
+    eval batches' rows. Without them the arrays are batched as stored.
+    """
     if images.ndim != 4 or test_images.shape[1:] != images.shape[1:]:
         raise ValueError(
             f'dataset {name}: images must be (height, width, channels) arrays, got train '
@@ -155,12 +168,18 @@ def array_dataset(
                 if perm is None:
                     perms[e] = np.random.default_rng([seed, e]).permutation(n)
             idx = np.array([perms[e][o] for e, o in zip(epochs, offsets)])
-            yield {'image': images[idx], 'label': labels[idx]}
+            image = images[idx] if train_transform is None else train_transform(images[idx], step)
+            yield {'image': image, 'label': labels[idx]}
             step += 1
 
     def eval_batches() -> Iterator[Batch]:
         yield from padded_batches(
-            test_images, test_labels, config.train.eval_batch_size, process_index, process_count
+            test_images,
+            test_labels,
+            config.train.eval_batch_size,
+            process_index,
+            process_count,
+            eval_transform,
         )
 
     return Dataset(
@@ -180,8 +199,10 @@ def padded_batches(
     global_batch: int,
     process_index: int,
     process_count: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[Batch]:
-    """Every example once, in order; the tail padded with zeros and `mask` 0.
+    """Every example once, in order, through `transform` if given; the tail padded with zeros
+    and `mask` 0.
 
     All processes yield the same number of batches (a collective per batch must never hang).
     """
@@ -192,5 +213,6 @@ def padded_batches(
         idx = np.arange(start, start + local_batch)
         mask = (idx < len(images)).astype(np.float32)
         idx = np.minimum(idx, len(images) - 1)
-        image = images[idx] * mask[:, None, None, None]
+        image = images[idx] if transform is None else transform(images[idx])
+        image = image * mask[:, None, None, None]
         yield {'image': image, 'label': labels[idx] * (mask > 0), 'mask': mask}

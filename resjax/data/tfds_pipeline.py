@@ -24,9 +24,9 @@ Augmentations (`dataset.augment`):
   it to `image_size` (= resize the shorter side to image_size*256/224, then center-crop).
 - 'none': the image as stored.
 
-An image folder is `root/<split>/<label>/<image>` read by `tfds.folder_dataset.ImageFolder`:
-train split 'train', eval split 'test', else 'validation', else 'val'; RGB; normalised with
-ImageNet's constants.
+An image folder is `root/<split>/<label>/<image>` as `resjax.data.image_folder` lists it
+(ImageFolder's rules; folders that fit in memory skip tf.data unless `dataset.loader='tfds'`);
+RGB; normalised with ImageNet's constants.
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
-from absl import logging  # noqa: E402
 
-from resjax.data import Batch, Dataset  # noqa: E402
+from resjax.data import Batch, Dataset, image_folder  # noqa: E402
 
 try:  # tf.data must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], 'GPU')
@@ -58,10 +57,9 @@ NORMALIZATION = {
     'mnist': ((0.1307,), (0.3081,)),
     'fashion_mnist': ((0.2860,), (0.3530,)),
     'imagenet2012': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'image_folder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'image_folder': (image_folder.MEAN, image_folder.STD),
 }
 EVAL_SPLITS = {'cifar10': 'test', 'cifar100': 'test', 'mnist': 'test', 'fashion_mnist': 'test'}
-FOLDER_EVAL_SPLITS = ('test', 'validation', 'val')
 CACHE_MAX_BYTES = 1 << 30  # Encoded share size up to which a split is cached in memory.
 EAGER_CHECK_MAX_FILES = 10_000  # Image folders up to this size are validated file by file.
 SEARCH_MAX_FILES = 100_000  # After a decode error, folders up to this size are searched for it.
@@ -90,9 +88,13 @@ class _Source:
 
 
 def create_dataset(
-    config: ml_collections.ConfigDict, process_index: int, process_count: int
+    config: ml_collections.ConfigDict,
+    process_index: int,
+    process_count: int,
+    folder: image_folder.Folder | None = None,
 ) -> Dataset:
-    """This process's share of `config.dataset.name`; see the module docstring.
+    """This process's share of `config.dataset.name` (of `folder`, listed, for an image folder);
+    see the module docstring.
 
     Raises ValueError (one line) for a dataset that is not prepared, a bad image folder or an
     augmentation the images cannot take, before any batch is read.
@@ -100,7 +102,10 @@ def create_dataset(
     d = config.dataset
     if d.augment not in ('cifar', 'imagenet', 'none'):
         raise ValueError(f"dataset.augment={d.augment!r}: use 'cifar', 'imagenet' or 'none'")
-    source = _image_folder(d) if d.name == 'image_folder' else _tfds_source(d)
+    if d.name == 'image_folder':
+        source = _image_folder(folder or image_folder.list_folder(d.data_dir), d.augment)
+    else:
+        source = _tfds_source(d)
     if d.augment == 'imagenet':
         height = width = d.image_size
     elif source.stored_size is None:
@@ -219,95 +224,37 @@ def _tfds_source(d: ml_collections.ConfigDict) -> _Source:
     )
 
 
-def _image_folder(d: ml_collections.ConfigDict) -> _Source:
-    """root/<split>/<label>/<image>, read by `tfds.folder_dataset.ImageFolder`."""
-    root = d.data_dir
-    if not root or not tf.io.gfile.isdir(root):
-        raise ValueError(
-            f'image folder {root!r} does not exist: set --config.dataset.data_dir to a folder '
-            'holding <split>/<label>/<image> files'
-        )
-    builder = tfds.folder_dataset.ImageFolder(root)
-    # ImageFolder lists (and deterministically shuffles) each split's files once; its list is
-    # the only one, so resjax's examples are exactly the ones its info counts.
-    examples = {k: v for k, v in builder._split_examples.items() if v}  # noqa: SLF001
-    if 'train' not in examples:
-        raise ValueError(
-            f'image folder {root} has no images under {os.path.join(root, "train")}/<label>/ '
-            f'(found splits with images: {sorted(examples)}); expected .jpg/.jpeg/.png files'
-        )
-    eval_name = next((s for s in FOLDER_EVAL_SPLITS if s in examples), None)
-    if eval_name is None:
-        raise ValueError(
-            f'image folder {root} has no eval split with images: add one of '
-            f'{list(FOLDER_EVAL_SPLITS)} beside train/'
-        )
-    label_names = builder.info.features['label'].names
-    if len(label_names) < 2:
-        raise ValueError(
-            f'image folder {root} has {len(label_names)} class ({label_names}): a classifier '
-            'needs at least two <label>/ folders under train/'
-        )
-    label_ids = builder.info.features['label'].str2int
-    files = tuple(ex.image_path for name in ('train', eval_name) for ex in examples[name])
-    _warn_skipped(root, ('train', eval_name), set(files))
+def _image_folder(folder: image_folder.Folder, augment: str) -> _Source:
+    """The listed folder's files, read by tf.data; small folders checked up front with PIL."""
+    files = folder.train_files + folder.eval_files
     stored_size, num_bytes = None, 0
     if len(files) <= EAGER_CHECK_MAX_FILES:
-        stored_size, num_bytes = _check_images(files, same_size=d.augment != 'imagenet')
-    elif d.augment != 'imagenet':  # Larger folders: one file sets the size, maps check the rest.
+        stored_size, num_bytes = _check_images(files, same_size=augment != 'imagenet')
+    elif augment != 'imagenet':  # Larger folders: one file sets the size, maps check the rest.
         try:
             first = tf.io.decode_image(tf.io.read_file(files[0]), 3, expand_animations=False)
         except tf.errors.OpError as e:
             raise ValueError(f'image file {files[0]} cannot be read: {e.message}') from None
         stored_size = tuple(first.shape[:2])
 
-    def split(name: str) -> _Split:
-        paths = [ex.image_path for ex in examples[name]]
-        labels = np.array([label_ids(ex.label) for ex in examples[name]], np.int64)
-
+    def split(paths: tuple[str, ...], labels: np.ndarray) -> _Split:
         def read(start: int, end: int) -> tf.data.Dataset:
-            ds = tf.data.Dataset.from_tensor_slices((paths[start:end], labels[start:end]))
+            ds = tf.data.Dataset.from_tensor_slices(
+                (list(paths[start:end]), labels[start:end].astype(np.int64))
+            )
             return ds.map(lambda path, label: (tf.io.read_file(path), label, path))
 
         return _Split(len(paths), num_bytes * len(paths) // len(files), read)
 
     return _Source(
         name='image_folder',
-        num_classes=len(label_names),
+        num_classes=len(folder.label_names),
         channels=3,
         stored_size=stored_size,
-        train=split('train'),
-        eval=split(eval_name),
+        train=split(folder.train_files, folder.train_labels),
+        eval=split(folder.eval_files, folder.eval_labels),
         files=files,
     )
-
-
-def _warn_skipped(root: str, splits: tuple[str, ...], used: set[str]) -> None:
-    """Logs how many files under the splits ImageFolder does not read, and why: it takes
-    only <split>/<label>/<file> with a .jpg/.jpeg/.png name."""
-    reasons: dict[str, list[str]] = {}
-    for split in splits:
-        top = os.path.join(root, split)
-        for directory, _, names in tf.io.gfile.walk(top):
-            depth = len(os.path.relpath(directory, top).split(os.sep))
-            for name in names:
-                path = os.path.join(directory, name)
-                if path in used:
-                    continue
-                if directory == top:
-                    why = f'directly in {split}/, outside any <label>/ folder'
-                elif depth > 1:
-                    why = 'in a folder below <split>/<label>/ (not read)'
-                else:
-                    why = 'not named .jpg/.jpeg/.png'
-                reasons.setdefault(why, []).append(path)
-    if reasons:
-        logging.warning(
-            'image folder %s: %d file(s) skipped: %s',
-            root,
-            sum(len(p) for p in reasons.values()),
-            '; '.join(f'{len(p)} {why} (e.g. {p[0]})' for why, p in reasons.items()),
-        )
 
 
 def _check_images(files: tuple[str, ...], same_size: bool) -> tuple[tuple[int, int], int]:
@@ -316,41 +263,23 @@ def _check_images(files: tuple[str, ...], same_size: bool) -> tuple[tuple[int, i
     Names the first file that cannot be decoded, or (`same_size`) that differs in size from the
     first file, since only the 'imagenet' augmentation resizes.
     """
-    from PIL import Image  # Installed with matplotlib; only small folders are checked eagerly.
-
     first_size, num_bytes = None, 0
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()  # verify() would skip the pixel data; load() decodes it.
-                size = (image.height, image.width)
-        except Exception as e:  # PIL raises many types for broken files.  # noqa: BLE001
-            raise ValueError(f'image file {path} cannot be read: {_one_line(e)}') from None
+        size = image_folder.read_image(path).shape[:2]
         first_size = first_size or size
-        if same_size and size != first_size:
-            raise ValueError(
-                f'image file {path} is {size[0]}x{size[1]}, not {first_size[0]}x'
-                f'{first_size[1]} like {files[0]}: resize the folder or use '
-                '--config.dataset.augment=imagenet'
-            )
+        if same_size:
+            image_folder.check_size(path, size, files[0], first_size)
         num_bytes += os.path.getsize(path)
     return first_size, num_bytes
 
 
 def _unreadable(path: str) -> str | None:
-    """Why PIL cannot decode the image at `path`, or None if it can."""
-    from PIL import Image
-
+    """Why PIL cannot decode the image at `path` (a one-line message naming it), or None."""
     try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as e:  # noqa: BLE001
-        return _one_line(e)
+        image_folder.read_image(path)
+    except ValueError as e:
+        return str(e)
     return None
-
-
-def _one_line(error: Exception) -> str:
-    return f'{type(error).__name__}: {str(error).strip()}'.splitlines()[0]
 
 
 def _error_naming_file(files: tuple[str, ...]) -> Callable[[tf.errors.OpError], ValueError]:
@@ -367,7 +296,7 @@ def _error_naming_file(files: tuple[str, ...]) -> Callable[[tf.errors.OpError], 
         if len(files) <= SEARCH_MAX_FILES:  # Bigger folders: too slow to search.
             for path in files:
                 if (bad := _unreadable(path)) is not None:
-                    return ValueError(f'image file {path} cannot be read: {bad}')
+                    return ValueError(bad)
         return ValueError(f'reading the dataset failed: {message}')
 
     return on_error
