@@ -1,10 +1,11 @@
 """Trains a plain or residual CNN: `python scripts/train.py --config configs/X.py --workdir W`.
 
-A config is a file in configs/ (its docstring gives the command that runs it). Change any key
-with `--config.<key>=<value>` (e.g. `--config.model.depth=56 --config.model.residual=False`;
-keys: README.md). Append `:smoke` to the file (`--config configs/X.py:smoke`)
-to shrink the run to about a minute on a CPU with every code path on. Rerunning the same
-command on the same workdir resumes it.
+`--config` and `--workdir` are required. A config is a file in configs/ (its docstring gives
+the command that runs it). Change any key with `--config.<key>=<value>` (e.g.
+`--config.model.depth=56 --config.model.residual=False`; the keys are listed at the end of
+`--help`, their meanings in README.md). Append `:smoke` to the file
+(`--config configs/X.py:smoke`) to shrink the run to about a minute on a CPU with every code
+path on. Rerunning the same command on the same workdir resumes it.
 
 Exit codes: 0 done; 2 bad config, data or workdir (one line, before compiling); 3 stopped on a
 non-finite loss or gradient.
@@ -24,8 +25,15 @@ from ml_collections import config_flags
 from resjax import config_lib, logs, parallel, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.')
+config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'Required. Training config file, configs/<name>.py[:smoke]; its keys are listed below.',
+    lock_config=True,
+)
+flags.DEFINE_string(
+    'workdir', None, 'Required. Directory for checkpoints, metrics and config.json.'
+)
 flags.DEFINE_bool(
     'distributed',
     os.environ.get('RESJAX_DISTRIBUTED', '') not in ('', '0'),
@@ -43,20 +51,49 @@ flags.DEFINE_integer('process_id', None, "This process's index (auto on TPU VMs)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _config_keys_help() -> str:
+    """Every config key with its default (`config_lib.default_config()`, which the files in
+    configs/ edit), for `--help`; what each means is in README.md."""
+
+    def keys(c, prefix=''):
+        for k, v in c.items():
+            if hasattr(v, 'items'):
+                yield from keys(v, f'{prefix}{k}.')
+            else:
+                yield f'  {prefix}{k} (default {v!r})'
+
+    head = 'Config keys, set by --config.<key>=<value> (meanings: README.md "Models", "Training"):'
+    return '\n'.join(['', head, *keys(config_lib.default_config())])
+
+
+def _one_line(e: BaseException, argv: list[str]) -> str:
+    """A flag or override error as one line. ml_collections raises an unknown key as an
+    AttributeError from a KeyError whose str is the repr of a two-line message ("'stpes'",
+    'Did you mean "steps" ...'): that message is the readable one, with the override named."""
+    key_errors = [x for x in (e, e.__cause__, e.__context__) if isinstance(x, KeyError)]
+    if key_errors and key_errors[0].args:
+        key, *hint = [x.strip() for x in str(key_errors[0].args[0]).splitlines() if x.strip()]
+        where = [a.split('=')[0] for a in argv if a.startswith('--config.') and key.strip("'") in a]
+        named = f'{key} is not a config key' + (f' ({where[0]})' if where else '')
+        return '. '.join([named, *hint])
+    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return message.removeprefix('ValueError: ')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but `--help` exits 0, and a bad flag, unknown config key or broken config
     file is one line and exit code 2."""
     if {'-h', '--help', '--helpshort', '-?'} & set(argv[1:]):
         print(__doc__)
         print(FLAGS.module_help(sys.argv[0]))
+        print(_config_keys_help())
         sys.exit(0)
     try:
         return FLAGS(argv)
     except SyntaxError as e:
         print(f'error: config file {e.filename} line {e.lineno}: {e.msg}', file=sys.stderr)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        message = message.removeprefix('ValueError: ')
+        message = _one_line(e, argv)
         print(
             f'error: bad flag or config override: {message} (config keys: README.md)',
             file=sys.stderr,
