@@ -19,9 +19,10 @@ def format_seconds(seconds: float) -> str:
 def quiet_logs(orbax_min_level: int = std_logging.WARNING) -> None:
     """Drops two kinds of noise from absl's handler; everything else is logged as before.
 
-    - orbax's records below `orbax_min_level`: it logs every save at INFO, and its read-only
-      manager warns on every load (inspection passes `logging.ERROR`); and orbax's records
-      that carry a traceback (a failed save's, which resjax reports in one line).
+    - orbax's records below `orbax_min_level` (a standard `logging` level; absl's constants
+      are -3..1): it logs every save at INFO, and its read-only manager warns on every load
+      (inspection passes `logging.ERROR`); and orbax's records that carry a traceback (a
+      failed save's, which resjax reports in one line).
     - JAX's INFO line `Unable to initialize backend 'tpu': ... libtpu.so` while it picks a
       backend on a machine without a TPU: expected, but it reads as an error.
     - After a failed restore (a damaged checkpoint, reported in one line), TensorStore reads
@@ -29,6 +30,8 @@ def quiet_logs(orbax_min_level: int = std_logging.WARNING) -> None:
       `RuntimeError: Event loop is closed` as an unraisable exception (docs/notes.md, orbax).
       Those, and only those, are dropped.
     """
+    if orbax_min_level < std_logging.DEBUG:
+        raise ValueError(f'orbax_min_level={orbax_min_level} is absl, not a standard logging level')
     previous_hook = sys.unraisablehook
 
     def unraisable(u: sys.UnraisableHookArgs) -> None:

@@ -9,6 +9,7 @@ landscape2d, interpolate, lesion, shattering, signals, blocks. Exit codes: 0 don
 """
 
 import dataclasses
+import logging as std_logging
 import sys
 import typing
 
@@ -69,7 +70,9 @@ def main(argv):
     if len(argv) > 1:
         print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
         sys.exit(2)
-    logs.quiet_logs(logging.ERROR)  # orbax warns about the read-only manager on every load.
+    # orbax warns about the read-only manager on every load. A standard logging level: absl's
+    # `logging.ERROR` is -2, which would let every orbax record through.
+    logs.quiet_logs(std_logging.ERROR)
     # JAX logs its platform search at INFO when the backend starts: keep bad-input errors to
     # one line by starting it quietly.
     verbosity = logging.get_verbosity()

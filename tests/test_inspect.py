@@ -215,6 +215,19 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
         inspection.load_run(str(other))
 
 
+def test_the_script_logs_no_orbax_records(workdir, tmp_path):
+    # Inspection's stderr is as quiet as training's: orbax logs every read-only load at INFO
+    # (one line of every array's CRC) and warns about the held snapshot's missing metadata.
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, '--workdir', workdir, '--out', str(tmp_path), '--probes',
+         'summary'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    noise = [x for x in proc.stderr.splitlines() if 'orbax' in x or 'checkpoint_manager' in x]
+    assert not noise and len(proc.stderr) < 2000, proc.stderr[:2000]
+
+
 def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
     eigenvalues = jnp.linspace(-2.0, 10.0, 50)
     q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(1), (50, 50)))
