@@ -4,9 +4,11 @@ evaluated in vmapped chunks (1-D and 2-D slices, straight-line interpolation) an
 summaries of a 2-D grid.
 
 The input is what `resjax.probes.curvature` takes: a MEAN loss `loss_fn(params, batch)` over one
-batch's examples, closed over the model and anything fixed (BatchNorm statistics and mode, a
-dropout rng), returning a scalar or a dict of scalars (e.g. {'loss', 'accuracy'}: every entry
-is averaged the same way). `batches` is one batch or a list/tuple of them; a value over all of
+batch's examples, closed over the model and anything fixed (BatchNorm mode, a dropout rng), or
+`loss_fn(params, batch, state)` with model state such as BatchNorm statistics passed as
+`state=` (as `curvature.Hessian` takes it: held fixed, never differentiated or moved),
+returning a scalar or a dict of scalars (e.g. {'loss', 'accuracy'}: every entry is averaged
+the same way). `batches` is one batch or a list/tuple of them; a value over all of
 them is the EXAMPLE-weighted mean, batch b weighted by `curvature.example_count(b) / total`
 (masked examples do not count), so it equals the value on one concatenated batch. `params` is
 any pytree of floating arrays; a direction has its structure. Nothing here knows about Flax
@@ -36,8 +38,8 @@ from resjax import xla
 from resjax.probes import curvature
 
 PyTree = Any
-# A mean loss of (params, batch): a scalar or a dict of scalars.
-LossFn = Callable[[PyTree, PyTree], Any]
+# A mean loss of (params, batch), or of (params, batch, state): a scalar or a dict of scalars.
+LossFn = Callable[..., Any]
 # What the evaluations return: float64 numpy arrays, one per output of the loss.
 Values = np.ndarray | dict[str, np.ndarray]
 BIASBN = ('zero', 'include')
@@ -138,9 +140,10 @@ def _point(origin: PyTree, directions: tuple, c: jax.Array) -> PyTree:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _values_at(loss_fn: LossFn, origin: PyTree, directions: tuple, coeffs, batch) -> Any:
+def _values_at(loss_fn: LossFn, origin: PyTree, directions: tuple, coeffs, batch, state) -> Any:
     # One compiled call per chunk of points (vmapped), not one per point.
-    at = lambda c: loss_fn(_point(origin, directions, c), batch)
+    args = (batch,) if state is None else (batch, state)
+    at = lambda c: loss_fn(_point(origin, directions, c), *args)
     return jax.vmap(at)(coeffs)
 
 
@@ -169,6 +172,7 @@ def evaluate_points(
     *,
     chunk: int = 8,
     progress: str = '',
+    state: PyTree = None,
 ) -> Values:
     """The mean loss at the points origin + sum_i coeffs[p, i] * directions[i] (leaf by leaf), for
     every row p of `coeffs` [P, len(directions)] (no directions and coeffs [1, 0]: the origin).
@@ -177,7 +181,8 @@ def evaluate_points(
     without examples are skipped). Points run `chunk` at a time through one vmapped, jitted call
     (the last chunk padded, so one compile per loss function, shapes and chunk serves all;
     define `loss_fn` once: the compile cache keys on it); batches loop on the host. Logs
-    progress with an ETA when `progress` names the run.
+    progress with an ETA when `progress` names the run. With `state` (e.g. {'batch_stats':
+    ...}) the loss is `loss_fn(params, batch, state)`, the same state at every point.
 
     Returns:
       float64 [P], or a dict of them if `loss_fn` returns a dict: the loss's own units.
@@ -198,7 +203,7 @@ def evaluate_points(
         c = jnp.asarray(padded[j * chunk : (j + 1) * chunk])
         total = None
         for batch, w in weighted:
-            v = jax.device_get(_values_at(loss_fn, origin, directions, c, batch))
+            v = jax.device_get(_values_at(loss_fn, origin, directions, c, batch, state))
             v = jax.tree.map(lambda x, w=w: np.asarray(x, np.float64) * w, v)
             total = v if total is None else jax.tree.map(np.add, total, v)
         chunks.append(total)
@@ -221,12 +226,20 @@ def slice_1d(
     *,
     chunk: int = 8,
     progress: str = '',
+    state: PyTree = None,
 ) -> Values:
     """The mean loss at origin + a * direction for each a in `alphas` [n]: float64 [n] (or a
-    dict of them). `chunk`, `progress`: as in `evaluate_points`."""
+    dict of them). `chunk`, `progress`, `state`: as in `evaluate_points`."""
     alphas = np.asarray(alphas)
     return evaluate_points(
-        loss_fn, origin, [direction], alphas[:, None], batches, chunk=chunk, progress=progress
+        loss_fn,
+        origin,
+        [direction],
+        alphas[:, None],
+        batches,
+        chunk=chunk,
+        progress=progress,
+        state=state,
     )
 
 
@@ -240,14 +253,15 @@ def slice_2d(
     *,
     chunk: int = 8,
     progress: str = '',
+    state: PyTree = None,
 ) -> Values:
     """The mean loss on the grid origin + x d1 + y d2, `directions` = (d1, d2): float64
     [len(xs), len(ys)] (or a dict of them), entry [i, j] at (xs[i], ys[j]). `chunk`,
-    `progress`: as in `evaluate_points`."""
+    `progress`, `state`: as in `evaluate_points`."""
     gx, gy = np.meshgrid(xs, ys, indexing='ij')
     coeffs = np.stack([gx.ravel(), gy.ravel()], 1)
     values = evaluate_points(
-        loss_fn, origin, directions, coeffs, batches, chunk=chunk, progress=progress
+        loss_fn, origin, directions, coeffs, batches, chunk=chunk, progress=progress, state=state
     )
     return jax.tree.map(lambda v: v.reshape(gx.shape), values)
 
@@ -261,18 +275,19 @@ def interpolation(
     *,
     chunk: int = 8,
     progress: str = '',
+    state: PyTree = None,
 ) -> Values:
     """The mean loss at (1 - a) * start + a * end for each a in `alphas` [n] (Goodfellow et al.
     2015; a outside [0, 1] extrapolates): float64 [n] (or a dict of them). The points are
     exactly `start` at a = 0 and exactly `end` at a = 1, so those values are the endpoints'
-    losses. `chunk`, `progress`: as in `evaluate_points`."""
+    losses. `chunk`, `progress`, `state`: as in `evaluate_points`."""
     alphas = np.asarray(alphas, np.float64)
     # Around a zero origin, (1 - a) start + a end has no rounding at either endpoint; the
     # form start + a (end - start) does at a = 1.
     zero = jax.tree.map(jnp.zeros_like, start)
     coeffs = np.stack([1 - alphas, alphas], 1)
     return evaluate_points(
-        loss_fn, zero, [start, end], coeffs, batches, chunk=chunk, progress=progress
+        loss_fn, zero, [start, end], coeffs, batches, chunk=chunk, progress=progress, state=state
     )
 
 

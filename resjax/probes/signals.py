@@ -88,6 +88,9 @@ def tap(paths: Sequence[str]) -> Iterator[None]:
 
 
 def _apply(model, variables, args, rngs, mutable, kwargs):
+    # Every caller here already makes the state collections mutable, so a caller's own
+    # `mutable=['batch_stats']` (what a BN model needs in its training-mode apply) is redundant.
+    kwargs = {k: v for k, v in kwargs.items() if k != 'mutable'}
     return model.apply(variables, *args, rngs=rngs, mutable=mutable, **kwargs)
 
 
@@ -312,6 +315,12 @@ def measure(
     `tap_signals` for the module paths in `taps` and the model output, `grad_norm/global` and
     `probe/loss`. The pass is compiled for each call (`jax.jit`, with `loss_fn` and the
     arguments baked in); inside a jitted function of the caller it is simply traced.
+
+    BatchNorm and other state: pass every collection in `variables` (e.g. {'params': ...,
+    'batch_stats': ...}) and the model's own mode argument in `kwargs`: `train=True` for
+    training-mode BN (the batch's statistics; the updated running statistics are discarded,
+    `variables` is never changed), or its eval mode for the running statistics. A `mutable`
+    argument is accepted and ignored: every collection but 'params' is already mutable.
     """
     if layers is None:
         layers = layer_order(model, variables, args, rngs, **kwargs)
