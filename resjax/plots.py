@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -13,6 +15,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from resjax import models  # noqa: E402
@@ -32,6 +35,8 @@ SIGNALS = {
     'gsc': 'gradient scale coefficient (Philipp et al. 2018)',
     'update_ratio': '||update|| / ||W||',
 }
+# Signals of block outputs (index 0 = the stem's output), not of conv/dense layers.
+BLOCK_SIGNALS = ('act_grad_norm', 'act_norm', 'gsc')
 
 
 def probe_rows(workdir: str) -> dict[int, dict[str, float]]:
@@ -75,9 +80,81 @@ def write_json(path: str, obj: Any) -> str:
     return path
 
 
+def label_log_axes(fig: Figure) -> None:
+    """Enough labelled ticks on every log axis of `fig`: matplotlib labels only the powers of
+    ten, often two ticks (or one) for a whole axis. Under one decade: evenly spaced plain
+    numbers; under three: 1, 2 and 5 x 10^k; wider axes keep the powers of ten."""
+    for ax in fig.axes:
+        for axis, scale, limits in (
+            (ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+            (ax.yaxis, ax.get_yscale(), ax.get_ylim()),
+        ):
+            lo, hi = sorted(limits)
+            if scale != 'log' or lo <= 0:
+                continue
+            decades = np.log10(hi / lo)
+            if decades < 1:
+                axis.set_major_locator(ticker.MaxNLocator(nbins=5))
+                axis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+            elif decades < 3:
+                axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
+            else:
+                continue
+            axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def stage_of(name: str) -> str:
+    """The part of a resjax model a layer or block belongs to, from its name:
+    '001_stage1_block1/conv1' -> 'stage 1', '000_stem/conv' -> 'stem', 'head/dense' -> 'head';
+    '' for names of other models."""
+    top = name.split('/', 1)[0]
+    if m := re.fullmatch(r'\d+_stage(\d+)_block\d+', top):
+        return f'stage {m.group(1)}'
+    if re.fullmatch(r'\d+_stem', top):
+        return 'stem'
+    return top if top in ('head', 'logits') else ''
+
+
+def mark_stages(
+    ax: Any,
+    names: Sequence[str],
+    positions: Sequence[float] | None = None,
+    axis: str = 'x',
+    label: bool = True,
+) -> None:
+    """Integer ticks on a layer (or block) axis, and for resjax's names a dotted line between
+    consecutive stages with (if `label`) each stage's name inside the plot's edge. `names[i]`
+    is drawn at `positions[i]` (default i); `axis` is the one that holds them ('x' or 'y')."""
+    positions = list(range(len(names))) if positions is None else list(positions)
+    (ax.xaxis if axis == 'x' else ax.yaxis).set_major_locator(ticker.MaxNLocator(integer=True))
+    spans: list[list] = []  # [stage, first position, last position]
+    for stage, pos in zip((stage_of(n) for n in names), positions):
+        if spans and spans[-1][0] == stage:
+            spans[-1][2] = pos
+        else:
+            spans.append([stage, pos, pos])
+    if not any(stage for stage, _, _ in spans):
+        return
+    line = ax.axvline if axis == 'x' else ax.axhline
+    for (_, _, last), (_, first, _) in zip(spans, spans[1:]):
+        line((last + first) / 2, color='0.45' if label and axis == 'x' else 'w', ls=':', lw=0.9)
+    for stage, first, last in spans if label else []:
+        if not stage.startswith('stage'):
+            continue  # The stem and head are one layer each: the axis label names them.
+        if axis == 'x':
+            ax.text((first + last) / 2, 0.99, stage, transform=ax.get_xaxis_transform(),
+                    ha='center', va='top', fontsize=7, color='0.35')  # fmt: skip
+        else:
+            ax.text(0.99, (first + last) / 2, stage, transform=ax.get_yaxis_transform(),
+                    ha='right', va='center', fontsize=7, color='w')  # fmt: skip
+
+
 def save_figure(fig: Figure, out_dir: str, name: str, numbers: Any = None) -> str:
     """Writes `<out_dir>/<name>.png` at `DPI` (and `<name>.json` of `numbers`, unless None),
-    closes `fig` and returns the PNG's path: the one writer of every resjax figure."""
+    closes `fig` and returns the PNG's path: the one writer of every resjax figure. Log axes
+    get intermediate tick labels first (`label_log_axes`)."""
+    label_log_axes(fig)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name + '.png')
     fig.savefig(path, dpi=DPI)
@@ -95,11 +172,13 @@ def profile_figure(
     fig, ax = plt.subplots(figsize=(8, 4.5), layout='constrained')
     styles = ['-', '--', ':', '-.']
     numbers = {}
+    drawn = []  # The layer names of each line, for the stage marks.
     for color, (label, rows) in zip(plt.cm.tab10.colors, runs.items()):
         for style, step in zip(styles * 10, pick_steps(sorted(rows), steps)):
             layers, values = signals.profile(rows[step], signal)
             if not layers:
                 continue
+            drawn.append(layers)
             ax.semilogy(
                 range(len(values)),
                 values,
@@ -109,12 +188,32 @@ def profile_figure(
                 label=f'{label}, step {step}',
             )
             numbers[f'{label}@{step}'] = dict(zip(layers, values))
-    ax.set_xlabel('layer (forward order: input -> output)')
+    ax.set_xlabel(
+        f'{"block output" if signal in BLOCK_SIGNALS else "layer"} index, forward order'
+        f' ({"0 = stem" if signal in BLOCK_SIGNALS else "0 = stem conv, last = head"})'
+    )
+    mark_lines(ax, drawn)
     ax.set_ylabel(SIGNALS.get(signal, signal))
-    ax.set_title(f'{signal} per layer')
+    ax.set_title(f'{signal} per {"block output" if signal in BLOCK_SIGNALS else "layer"}')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7)
     return fig, numbers
+
+
+def common_names(lines: list[list[str]]) -> list[str]:
+    """The layer names whose stages a panel marks: the longest line's (the deepest net's;
+    shallower nets' stages end earlier, which `mark_stages` says when `lines` differ)."""
+    return max(lines, key=len) if lines else []
+
+
+def mark_lines(ax: Any, lines: list[list[str]], positions: Any = None) -> None:
+    """`mark_stages` for the lines of one panel: the deepest net's stages, with a note when
+    the lines are of nets of different depths. `positions(names)` maps names to x."""
+    names = common_names(lines)
+    mark_stages(ax, names, None if positions is None else positions(names))
+    if any(x != names for x in lines) and any(stage_of(n) for n in names):
+        ax.text(0.99, 0.01, 'dotted: stages of the deepest net', transform=ax.transAxes,
+                ha='right', va='bottom', fontsize=6, color='0.35')  # fmt: skip
 
 
 def plot_profiles(
@@ -134,16 +233,18 @@ def plot_heatmap(label: str, rows: dict[int, dict[str, float]], signal: str, out
     layers, _ = signals.profile(rows[steps[0]], signal)
     grid = np.array([[rows[s].get(f'{signal}/{layer}', np.nan) for s in steps] for layer in layers])
     fig, ax = plt.subplots(figsize=(8, 5), layout='constrained')
-    im = ax.imshow(
-        np.log10(grid),
-        aspect='auto',
-        origin='lower',
-        cmap='viridis',
-        extent=(steps[0], steps[-1], -0.5, len(layers) - 0.5),
-    )
+    # Each step's column centred on it, edges halfway to its neighbours (steps need not be even).
+    s = np.asarray(steps, np.float64)
+    gaps = np.diff(s) if len(s) > 1 else np.ones(1)
+    x_edges = np.concatenate([[s[0] - gaps[0] / 2], s[:-1] + gaps / 2, [s[-1] + gaps[-1] / 2]])
+    y_edges = np.arange(len(layers) + 1) - 0.5
+    im = ax.pcolormesh(x_edges, y_edges, np.log10(grid), cmap='viridis')
+    if len(steps) <= 12:
+        ax.set_xticks(steps)
     fig.colorbar(im, ax=ax, label=f'log10 {signal}')
     ax.set_xlabel('step')
-    ax.set_ylabel('layer index (input at the bottom)')
+    ax.set_ylabel('layer index (0 = stem conv, at the bottom)')
+    mark_stages(ax, layers, axis='y')
     ax.set_title(f'{label}: {signal}')
     safe = label.replace(' ', '_').replace('(', '').replace(')', '')
     return save_figure(
@@ -223,20 +324,23 @@ def draw_interpolate(runs: dict, opts: inspection.Options) -> Figure:
 
 
 def draw_landscape2d(runs: dict, opts: inspection.Options) -> Figure:
-    """2-D loss contours (labelled levels), one panel per run."""
+    """2-D loss contours, filled, with a colour bar of the loss per panel (one panel per run;
+    levels up to 10 nats above the panel's minimum, higher loss in the top colour)."""
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
     for ax, (label, r) in zip(axes[0], runs.items()):
         loss = r['loss']
         levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 15)
-        cs = ax.contour(r['xs'], r['ys'], loss.T, levels=levels, cmap='viridis')
-        ax.clabel(cs, inline=True, fontsize=7, fmt='%.2f')
-        ax.plot(0, 0, 'r+')
+        filled = ax.contourf(r['xs'], r['ys'], loss.T, levels=levels, cmap='viridis',
+                             extend='max')  # fmt: skip
+        ax.contour(r['xs'], r['ys'], loss.T, levels=levels, colors='k', linewidths=0.4)
+        fig.colorbar(filled, ax=ax, label='mean cross-entropy (nats)', fraction=0.046, pad=0.03)
+        ax.plot(0, 0, 'r+', ms=10, mew=2)
         ax.set_title(f'{label} (step {r["step"]})', fontsize=10)
         ax.set_xlabel('alpha (direction 1)')
         ax.set_ylabel('beta (direction 2)')
         ax.set_aspect('equal')
-    title = f'2-D loss landscape (mean cross-entropy)\n{_landscape_settings(opts)}'
-    fig.suptitle(title, fontsize=8)
+    title = '2-D loss landscape (mean cross-entropy; + = the checkpoint)\n'
+    fig.suptitle(title + _landscape_settings(opts), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -244,8 +348,12 @@ def draw_landscape2d(runs: dict, opts: inspection.Options) -> Figure:
 def draw_spectrum(runs: dict, opts: inspection.Options) -> Figure:
     """Hessian eigenvalue density (log), one line per run."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    peak = 0.0
     for color, (label, r) in zip(_colors(), runs.items()):
         ax.semilogy(r['grid'], r['density'] + 1e-12, color=color, label=label)
+        peak = max(peak, float(np.max(r['density'])))
+    if peak > 0:  # Six decades below the peak: the 1e-12 floor would otherwise take the axis.
+        ax.set_ylim(peak * 1e-6, peak * 3)
     ax.set_xlabel('eigenvalue of the Hessian of the mean loss')
     ax.set_ylabel('density (log)')
     ax.set_title(f'Hessian eigenvalue density (SLQ), BN {opts.bn_mode} mode')
@@ -258,23 +366,42 @@ def draw_lesion(runs: dict, opts: inspection.Options) -> Figure:
     """Test error with one residual branch removed: one bar per block (hatched: a downsampling
     or projection shortcut), one colour per run, dashed: the intact net."""
     most = max(len(r['blocks']) for r in runs.values())
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * most * len(runs)), 4.5))
-    width = 0.8 / max(1, len(runs))
-    for i, (color, (label, r)) in enumerate(zip(_colors(), runs.items())):
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * most * len(runs)), 4.5), layout='constrained')
+    lesioned = [label for label, r in runs.items() if r['blocks']]
+    width = 0.8 / max(1, len(lesioned))
+    names: list[list[str]] = []
+    for color, (label, r) in zip(_colors(), runs.items()):
         if not r['blocks']:
             continue
-        xs = np.arange(len(r['blocks'])) + i * width
+        names.append([b['block'] for b in r['blocks']])
+        # Block k at x = k, as the block probes number them (0 = the stem, never lesioned).
+        xs = np.array([block_index(b['block'], j) for j, b in enumerate(r['blocks'])])
+        xs = xs + (lesioned.index(label) - (len(lesioned) - 1) / 2) * width
         bars = ax.bar(xs, [b['test_error'] for b in r['blocks']], width, color=color, label=label)
         for bar, b in zip(bars, r['blocks']):
             if b['shortcut'] != 'identity':
                 bar.set_hatch('//')
         ax.axhline(r['test_error_intact'], color=color, ls='--', lw=1, label=f'{label} intact')
-    ax.set_xlabel('removed block (forward order; hatched = downsampling/projection shortcut)')
+    ax.set_xlabel(
+        'removed block k (1 = first block after the stem)\n'
+        'hatched: a downsampling or projection shortcut'
+    )
+    mark_lines(ax, names, lambda ns: [block_index(n, j) for j, n in enumerate(ns)])
+    for label in (label for label in runs if label not in lesioned):
+        ax.plot([], [], ' ', label=f'{label}: no residual blocks')
+    ax.margins(y=0.12)  # Room for the stage names above the bars.
     ax.set_ylabel('test error')
     ax.set_title('Lesion: one residual branch removed at a time (BN eval mode)')
     ax.grid(True, axis='y', alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def block_index(name: str, position: int) -> int:
+    """k of block k (its forward index, 0 = the stem) from a resjax name ('003_stage2_block1'
+    -> 3); `position` + 1 for names without the index."""
+    head = name.split('_', 1)[0]
+    return int(head) if head.isdigit() else position + 1
 
 
 def draw_shattering(runs: dict, opts: inspection.Options) -> Figure:
@@ -303,38 +430,51 @@ def draw_signals(runs: dict, opts: inspection.Options) -> dict[str, tuple[Figure
 
 def draw_blocks(runs: dict, opts: inspection.Options) -> Figure:
     """The CKA matrix of every pair of stem and block outputs (top row, one panel per run); per
-    block the change it makes, its branch ratio and its layers' distance from init (bottom)."""
-    n = len(runs)
-    fig, axes = plt.subplots(2, max(n, 3), figsize=(4.2 * max(n, 3), 8), squeeze=False)
-    for ax, (label, r) in zip(axes[0], runs.items()):
-        im = ax.imshow(np.array(r['cka_matrix']), vmin=0, vmax=1, cmap='magma', origin='lower')
-        ax.set_title(f'{label}: linear CKA', fontsize=9)
-        ax.set_xlabel('block (0 = stem)')
-        ax.set_ylabel('block (0 = stem)')
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    for ax in axes[0][n:]:
-        ax.axis('off')
+    block the change it makes and its residual branch ratio, and per layer its distance from
+    init (bottom row; a panel only where some run has the metric). Blocks are numbered as in
+    the CKA matrix: 0 = the stem's output, k = block k's."""
     panels = [
-        ('block_change', '||h_k - h_(k-1)|| / ||h_(k-1)||', True),
-        ('branch_ratio', '||F(x)|| / ||x|| (residual blocks)', True),
-        ('init_distance', '||W - W_0|| / ||W_0|| per layer', False),
+        ('block_change', 'change a block makes', '||h_k - P h_(k-1)|| / ||P h_(k-1)||', 'block'),
+        ('branch_ratio', 'residual branch vs shortcut', '||F(x)|| / ||shortcut(x)||', 'block'),
+        ('init_distance', 'distance from init', '||W - W_0|| / ||W_0||', 'layer'),
     ]
-    for ax, (prefix, title, log) in zip(axes[1], panels):
+    panels = [p for p in panels if any(signals.profile(r, p[0])[0] for r in runs.values())]
+    columns = max(len(runs), len(panels), 1)
+    fig = plt.figure(figsize=(4.2 * columns, 8), layout='constrained')
+    top, bottom = fig.subfigures(2, 1)
+    for ax, (label, r) in zip(top.subplots(1, len(runs), squeeze=False)[0], runs.items()):
+        im = ax.imshow(np.array(r['cka_matrix']), vmin=0, vmax=1, cmap='magma', origin='lower')
+        ax.set_title(f'{label}: linear CKA of block outputs (dotted: stages)', fontsize=9)
+        ax.set_xlabel('block k (0 = stem)')
+        ax.set_ylabel('block k (0 = stem)')
+        mark_stages(ax, r['cka_names'], label=False)
+        mark_stages(ax, r['cka_names'], axis='y', label=False)
+        top.colorbar(im, ax=ax, fraction=0.046, label='linear CKA')
+    axes = bottom.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (prefix, title, ylabel, kind) in zip(axes, panels):
+        drawn = []
         for color, (label, r) in zip(_colors(), runs.items()):
-            _, values = signals.profile(r, prefix)
-            if values:
-                ax.plot(range(1, len(values) + 1), values, '.-', color=color, label=label)
-        if log and ax.get_lines():
+            names, values = signals.profile(r, prefix)
+            if not values:
+                continue
+            xs = (
+                [block_index(n, j) for j, n in enumerate(names)]
+                if kind == 'block'
+                else list(range(len(values)))
+            )
+            ax.plot(xs, values, '.-', color=color, label=label)
+            drawn.append(names)
+        if prefix != 'init_distance':
             ax.set_yscale('log')
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel('block' if prefix != 'init_distance' else 'layer (forward order)')
-        ax.grid(True, alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    for ax in axes[1][3:]:
-        ax.axis('off')
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel('block k (1 = first after the stem)' if kind == 'block'
+                      else 'layer index (0 = stem conv, last = head)')  # fmt: skip
+        blocks = lambda names: [block_index(n, j) for j, n in enumerate(names)]  # noqa: E731
+        mark_lines(ax, drawn, blocks if kind == 'block' else None)
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=7)
     examples = next(iter(runs.values()))['examples'] if runs else None
     fig.suptitle(f'Block probes on {examples} training examples, BN {opts.bn_mode} mode',
                  fontsize=10)  # fmt: skip
-    fig.tight_layout()
     return fig
