@@ -95,7 +95,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         message = _one_line(e, argv)
         print(
-            f'error: bad flag or config override: {message} (config keys: README.md)',
+            f'error: bad flag or config override: {message} (config keys: --help)',
             file=sys.stderr,
         )
     except Exception as e:  # noqa: BLE001  (anything a config file's get_config raises)

@@ -68,6 +68,6 @@ def test_a_mistyped_config_key_is_one_clean_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr == (
         "error: bad flag or config override: 'stpes' is not a config key (--config.train.stpes)."
-        ' Did you mean "steps" instead of "stpes"? (config keys: README.md)\n'
+        ' Did you mean "steps" instead of "stpes"? (config keys: --help)\n'
     )
     assert not (tmp_path / 'run').exists()
