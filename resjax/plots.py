@@ -95,7 +95,7 @@ def label_log_axes(fig: Figure) -> None:
             decades = np.log10(hi / lo)
             if decades < 1:
                 axis.set_major_locator(ticker.MaxNLocator(nbins=5))
-                axis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+                axis.set_major_formatter(ticker.ScalarFormatter(useOffset=False))
             elif decades < 3:
                 axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
@@ -121,11 +121,12 @@ def mark_stages(
     names: Sequence[str],
     positions: Sequence[float] | None = None,
     axis: str = 'x',
-    label: bool = True,
+    label: bool | str = True,
 ) -> None:
     """Integer ticks on a layer (or block) axis, and for resjax's names a dotted line between
-    consecutive stages with (if `label`) each stage's name inside the plot's edge. `names[i]`
-    is drawn at `positions[i]` (default i); `axis` is the one that holds them ('x' or 'y')."""
+    consecutive stages and (if `label`) the stages' names on a second axis opposite (top for
+    x, right for y; a string `label` titles it). `names[i]` is drawn at `positions[i]`
+    (default i); `axis` is the one that holds them ('x' or 'y')."""
     positions = list(range(len(names))) if positions is None else list(positions)
     (ax.xaxis if axis == 'x' else ax.yaxis).set_major_locator(ticker.MaxNLocator(integer=True))
     spans: list[list] = []  # [stage, first position, last position]
@@ -138,16 +139,16 @@ def mark_stages(
         return
     line = ax.axvline if axis == 'x' else ax.axhline
     for (_, _, last), (_, first, _) in zip(spans, spans[1:]):
-        line((last + first) / 2, color='0.45' if label and axis == 'x' else 'w', ls=':', lw=0.9)
-    for stage, first, last in spans if label else []:
-        if not stage.startswith('stage'):
-            continue  # The stem and head are one layer each: the axis label names them.
-        if axis == 'x':
-            ax.text((first + last) / 2, 0.99, stage, transform=ax.get_xaxis_transform(),
-                    ha='center', va='top', fontsize=7, color='0.35')  # fmt: skip
-        else:
-            ax.text(0.99, (first + last) / 2, stage, transform=ax.get_yaxis_transform(),
-                    ha='right', va='center', fontsize=7, color='w')  # fmt: skip
+        line((last + first) / 2, color='0.45' if axis == 'x' and label else 'w', ls=':', lw=0.9)
+    if not label:
+        return
+    # The stem and head are one layer each: the axis label names them.
+    stages = [(stage, (first + last) / 2) for stage, first, last in spans if 'stage' in stage]
+    other = ax.secondary_xaxis('top') if axis == 'x' else ax.secondary_yaxis('right')
+    other.set_ticks([c for _, c in stages], [stage for stage, _ in stages])
+    other.tick_params(length=0, labelsize=7, labelcolor='0.35')
+    if isinstance(label, str):
+        (other.set_xlabel if axis == 'x' else other.set_ylabel)(label, fontsize=7, color='0.35')
 
 
 def save_figure(fig: Figure, out_dir: str, name: str, numbers: Any = None) -> str:
@@ -207,13 +208,11 @@ def common_names(lines: list[list[str]]) -> list[str]:
 
 
 def mark_lines(ax: Any, lines: list[list[str]], positions: Any = None) -> None:
-    """`mark_stages` for the lines of one panel: the deepest net's stages, with a note when
-    the lines are of nets of different depths. `positions(names)` maps names to x."""
+    """`mark_stages` for the lines of one panel: the deepest net's stages, said so when the
+    lines are of nets of different depths. `positions(names)` maps names to x."""
     names = common_names(lines)
-    mark_stages(ax, names, None if positions is None else positions(names))
-    if any(x != names for x in lines) and any(stage_of(n) for n in names):
-        ax.text(0.99, 0.01, 'dotted: stages of the deepest net', transform=ax.transAxes,
-                ha='right', va='bottom', fontsize=6, color='0.35')  # fmt: skip
+    label = True if all(x == names for x in lines) else 'stages of the deepest net'
+    mark_stages(ax, names, None if positions is None else positions(names), label=label)
 
 
 def plot_profiles(

@@ -116,12 +116,14 @@ def figure_gradients(runs: list[RunData], fig_dir: str) -> dict | None:
     for j, (depth, norm) in enumerate(cols):
         for i, signal in enumerate(('grad_norm', 'act_grad_norm')):
             ax = axes[i, j]
+            drawn = []
             for r in runs:
                 if (r.spec.depth, r.spec.norm) != (depth, norm):
                     continue
                 rows = r.probe_rows()
                 for style, step in zip(styles, plots.pick_steps(sorted(rows), None)):
                     layers, values = signals.profile(rows[step], signal)
+                    drawn.append(layers)
                     ax.semilogy(
                         values,
                         style,
@@ -134,7 +136,12 @@ def figure_gradients(runs: list[RunData], fig_dir: str) -> dict | None:
                         zip(layers, values)
                     )
             ax.set_title(f'depth {depth}, {norm_title(norm)}', fontsize=10)
-            ax.set_xlabel('layer (input -> output)' if i == 0 else 'block output (input -> output)')
+            ax.set_xlabel(
+                'layer index (0 = stem conv, last = head)'
+                if i == 0
+                else 'block output index (0 = stem)'
+            )
+            plots.mark_lines(ax, drawn)
             ax.set_ylabel(plots.SIGNALS[signal].split(' (')[0] if j == 0 else '')
             ax.grid(True, which='both', alpha=0.3)
             ax.legend(fontsize=6)
@@ -154,19 +161,23 @@ def figure_responses(runs: list[RunData], fig_dir: str) -> dict | None:
     fig, axes = plt.subplots(2, len(norms), figsize=(6 * len(norms), 7), squeeze=False)
     numbers = {}
     for j, norm in enumerate(norms):
+        drawn = []
         for r in (r for r in runs if r.spec.norm == norm):
             rows = r.probe_rows()
             step = max(rows)
             layers, values = signals.profile(rows[step], 'act_std')
             layers_values = [(k, v) for k, v in zip(layers, values) if not k.startswith('head')]
             values = [v for _, v in layers_values]
+            drawn.append([k for k, _ in layers_values])
             color = _net_color(runs, r)
             label = f'{r.spec.label.split(" (")[0]} (step {step})'
             axes[0, j].plot(values, color=color, marker='.', ms=3, label=label)
             axes[1, j].plot(sorted(values, reverse=True), color=color, label=label)
             numbers[r.spec.name] = {'step': step, 'act_std': dict(layers_values)}
+        plots.mark_lines(axes[0, j], drawn)
+        axes[1, j].xaxis.set_major_locator(plots.ticker.MaxNLocator(integer=True))
         for i, xlabel in enumerate(
-            ('layer index (original order)', 'layer index (sorted by magnitude)')
+            ('3x3 conv layer index (0 = stem conv)', 'rank (layers sorted by std, largest first)')
         ):
             ax = axes[i, j]
             ax.set_title(f'response std, {norm_title(norm)}', fontsize=10)
@@ -248,6 +259,16 @@ def _last(run: RunData) -> tuple[int, dict]:
     return max(rows), rows[max(rows)]
 
 
+def _blocks(names: list[str]) -> list[int]:
+    """x positions of per-block values: block k at k (0 = the stem), as the CKA matrix has it."""
+    return [plots.block_index(n, j) for j, n in enumerate(names)]
+
+
+def _mark_blocks(ax, lines: list[list[str]]) -> None:
+    """Stage marks of the deepest net's blocks (`plots.mark_lines`)."""
+    plots.mark_lines(ax, lines, _blocks)
+
+
 def figure_blocks(runs: list[RunData], fig_dir: str) -> dict | None:
     """Fig. 8: what each block does at the last probe (training-mode BN, the probe batch): the
     relative change it makes to its input (every net), and the residual branch ratio
@@ -257,23 +278,30 @@ def figure_blocks(runs: list[RunData], fig_dir: str) -> dict | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     numbers = {}
+    drawn: tuple[list, list] = ([], [])
     for r in runs:
         step, row = _last(r)
         style = _style(runs, r)
-        _, change = signals.profile(row, 'block_change')
-        axes[0].semilogy(range(1, len(change) + 1), change, marker='.', label=r.spec.label, **style)
+        names, change = signals.profile(row, 'block_change')
+        drawn[0].append(names)
+        axes[0].semilogy(_blocks(names), change, marker='.', label=r.spec.label, **style)
         numbers[r.spec.name] = {'step': step, 'block_change': change}
-        _, branch = signals.profile(row, 'branch_ratio')
+        names, branch = signals.profile(row, 'branch_ratio')
         if branch:
-            axes[1].semilogy(range(1, len(branch) + 1), branch, marker='.', label=r.spec.label,
-                             **style)  # fmt: skip
-            _, first = signals.profile(r.probe_rows()[min(r.probe_rows())], 'branch_ratio')
-            axes[1].semilogy(range(1, len(first) + 1), first, ':', color=style['color'], lw=1)
+            drawn[1].append(names)
+            axes[1].semilogy(_blocks(names), branch, marker='.', label=r.spec.label, **style)
+            first_names, first = signals.profile(
+                r.probe_rows()[min(r.probe_rows())], 'branch_ratio'
+            )
+            axes[1].semilogy(_blocks(first_names), first, ':', color=style['color'], lw=1)
             numbers[r.spec.name].update(branch_ratio=branch, branch_ratio_first=first)
     axes[0].set_title('change a block makes: ||h_k - h_(k-1)|| / ||h_(k-1)||', fontsize=10)
     axes[1].set_title('residual branch ||F(x)|| / ||x|| (dotted: first probe)', fontsize=10)
-    for ax in axes:
-        ax.set_xlabel('block (forward order)')
+    axes[0].set_ylabel('relative change')
+    axes[1].set_ylabel('branch ratio')
+    for ax, names in zip(axes, drawn):
+        _mark_blocks(ax, names)
+        ax.set_xlabel('block k (1 = first after the stem)')
         ax.grid(True, which='both', alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=7)
@@ -289,16 +317,20 @@ def figure_cka(runs: list[RunData], fig_dir: str) -> dict | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
     numbers = {}
+    drawn = []
     for r in runs:
         step, row = _last(r)
         style = _style(runs, r)
-        _, cka = signals.profile(row, 'cka')
-        _, first = signals.profile(r.probe_rows()[min(r.probe_rows())], 'cka')
-        ax.plot(range(1, len(cka) + 1), cka, marker='.', label=r.spec.label, **style)
-        ax.plot(range(1, len(first) + 1), first, ':', color=style['color'], lw=1)
+        names, cka = signals.profile(row, 'cka')
+        first_names, first = signals.profile(r.probe_rows()[min(r.probe_rows())], 'cka')
+        drawn.append(names)
+        ax.plot(_blocks(names), cka, marker='.', label=r.spec.label, **style)
+        ax.plot(_blocks(first_names), first, ':', color=style['color'], lw=1)
         numbers[r.spec.name] = {'step': step, 'cka': cka, 'cka_first': first}
     ax.set_title('linear CKA(h_(k-1), h_k), last probe (dotted: first)', fontsize=10)
-    ax.set_xlabel('block (forward order)')
+    ax.set_xlabel('block k (1 = first after the stem)')
+    ax.set_ylabel('linear CKA')
+    _mark_blocks(ax, drawn)
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
@@ -314,14 +346,15 @@ def figure_distance(runs: list[RunData], fig_dir: str) -> dict | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     numbers = {}
+    drawn = []
     for r in runs:
         style = _style(runs, r)
         steps, dist = r.series('init_distance/global')
         axes[0].plot(steps, dist, marker='.', label=r.spec.label, **style)
         step, row = _last(r)
-        _, layers = signals.profile(row, 'init_distance')
-        axes[1].semilogy(range(1, len(layers) + 1), layers, marker='.', label=r.spec.label,
-                         **style)  # fmt: skip
+        names, layers = signals.profile(row, 'init_distance')
+        drawn.append(names)
+        axes[1].semilogy(layers, marker='.', label=r.spec.label, **style)
         numbers[r.spec.name] = {
             'steps': steps.tolist(),
             'global': dist.tolist(),
@@ -331,7 +364,10 @@ def figure_distance(runs: list[RunData], fig_dir: str) -> dict | None:
     axes[0].set_title('distance from init, all parameters', fontsize=10)
     axes[0].set_xlabel('step')
     axes[1].set_title('distance from init per layer, last probe', fontsize=10)
-    axes[1].set_xlabel('conv / dense layer (forward order)')
+    axes[1].set_xlabel('conv / dense layer index (0 = stem conv, last = head)')
+    axes[0].set_ylabel('||theta - theta_0|| / ||theta_0||')
+    axes[1].set_ylabel('||W - W_0|| / ||W_0||')
+    plots.mark_lines(axes[1], drawn)
     for ax in axes:
         ax.grid(True, which='both', alpha=0.3)
         ax.legend(fontsize=7)
