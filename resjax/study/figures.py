@@ -420,6 +420,12 @@ def figure_constructed(runs: list[RunData], fig_dir: str) -> dict | None:
     axes[0].set_ylabel('training error (%)')
     axes[1].set_title('how far the added identity blocks drift (medians)', fontsize=10)
     axes[1].set_xlabel('step')
+    axes[1].set_ylabel('relative change / distance')
+    if not any(len(line.get_xdata()) for line in axes[1].get_lines()):
+        axes[1].text(0.5, 0.5, 'no probe rows of the added blocks yet', ha='center',
+                     transform=axes[1].transAxes, color='0.35')  # fmt: skip
+        axes[1].set_xticks([])
+        axes[1].set_yticks([])
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
