@@ -1,5 +1,7 @@
 """The constructed solution of He et al. 2015 (§1, §4.1): a deeper net that computes exactly what
-a trained shallower one computes, its added blocks identities.
+a trained shallower one computes, its added blocks identities. A source of the same depth gives
+the source's own solution: a warm restart, with a fresh optimizer and this run's schedule (the
+control for a constructed run restarted at the same learning rate).
 
 "There exists a solution by construction to the deeper model: the added layers are identity
 mapping, and the other layers are copied from the learned shallower model." `train.init_from`
@@ -58,10 +60,10 @@ def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.Co
             'train.init_from: the identity construction is for post-activation CIFAR-family '
             'nets (model.family=cifar, model.preactivation=False)'
         )
-    if deep.depth <= shallow.depth:
+    if deep.depth < shallow.depth:
         raise ValueError(
-            f'train.init_from: this run (depth {deep.depth}) must be deeper than the source '
-            f'run (depth {shallow.depth})'
+            f'train.init_from: this run (depth {deep.depth}) must be as deep as the source run '
+            f'(depth {shallow.depth}) or deeper'
         )
 
 
@@ -159,8 +161,9 @@ def extend(
     residual: bool,
 ) -> PyTree:
     """Deep {'params', 'batch_stats'} holding the shallow net's solution (module docstring).
-    `deep_variables` gives the deep tree's structure (any init); `images` calibrate BN."""
-    moments = block_input_moments(shallow_model, shallow_variables, images)
+    `deep_variables` gives the deep tree's structure (any init); `images` calibrate BN. With
+    as many blocks as the shallow net, this is the shallow solution itself (a warm restart)."""
+    moments = None  # Measured only if a block is added.
     sp, ss = shallow_variables['params'], shallow_variables.get('batch_stats', {})
     params = flax.core.unfreeze(deep_variables['params'])
     stats = flax.core.unfreeze(deep_variables.get('batch_stats', {}))
@@ -184,6 +187,8 @@ def extend(
                 if name in stats:
                     stats[name] = ss[source[b]]
             else:
+                if moments is None:
+                    moments = block_input_moments(shallow_model, shallow_variables, images)
                 mean, var = moments[source[-1]]
                 params[name], block_stats = _identity_block(
                     params[name], stats.get(name, {}), mean, var, residual

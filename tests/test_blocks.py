@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resjax import construct
+from resjax import config_lib, construct
 from resjax.models.resnet import BasicBlock, ResNet
 from resjax.probes import blocks
 
@@ -140,6 +140,18 @@ def test_constructed_deep_net_computes_the_shallow_net(residual, norm):
         )
 
 
+def test_a_source_of_the_same_depth_is_a_warm_restart_of_its_own_solution():
+    net = _net(8, False, 'batch')
+    x = jax.random.normal(jax.random.PRNGKey(4), (16, 8, 8, 3))
+    sv = _randomise(net.init(jax.random.PRNGKey(5), x, train=False), jax.random.PRNGKey(6))
+    other = net.init(jax.random.PRNGKey(7), x, train=False)  # another init, the same tree
+    built = construct.extend(net, sv, other, np.asarray(x), residual=False)
+    jax.tree.map(np.testing.assert_array_equal, built['params'], sv['params'])
+    jax.tree.map(np.testing.assert_array_equal, built['batch_stats'], sv['batch_stats'])
+    a = config_lib.default_config().model
+    construct.check_compatible(a, a)  # Same depth: accepted.
+
+
 def test_construction_refuses_a_source_it_cannot_extend():
     import ml_collections
 
@@ -151,7 +163,7 @@ def test_construction_refuses_a_source_it_cannot_extend():
     for key, value, words in [
         ('residual', False, 'model.residual'),
         ('width', 0.5, 'model.width'),
-        ('depth', 8, 'deeper'),
+        ('depth', 8, 'as deep as the source run'),
     ]:
         c = ml_collections.ConfigDict(b.to_dict())
         c[key] = value
