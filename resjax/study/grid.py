@@ -165,9 +165,10 @@ def run_state(spec: RunSpec) -> str:
 
 
 def read_rows(workdir: str) -> list[dict]:
-    """A workdir's metrics rows; none if it has no readable metrics.jsonl."""
+    """A workdir's metrics rows, read as training reads them (a last line torn by a kill is
+    skipped: the resumed run drops it); none if it has no readable metrics.jsonl."""
     try:
-        return read_metrics(workdir)
+        return read_metrics(workdir, allow_torn_end=True)
     except (OSError, ValueError):
         return []
 
