@@ -128,9 +128,19 @@ def _constructed_specs(
     the grid's plain runs of the shallow depth, the deeper plain net built from that run, with
     the recipe (overrides included) of a plain net of the deeper depth."""
     out = []
+    by_name = {g.name: g for g in grid}
     for text in s.constructed:
         shallow, deep = parse_constructed(text)
-        for source in [g for g in grid if g.depth == shallow and not g.residual]:
+        for norm, seed in sorted(
+            {(g.norm, g.seed) for g in grid}, key=lambda p: (p[0] != 'batch', p[1])
+        ):
+            source = by_name.get(run_name(shallow, False, norm, seed))
+            if source is None:  # An entry dropped silently would be a study without its answer.
+                raise StudyError(
+                    f'study.constructed entry {text!r} starts from '
+                    f'{run_name(shallow, False, norm, seed)}, which study.exclude leaves out; '
+                    'drop the entry or that exclusion'
+                )
             c = run_config(base, overrides, deep, False, source.norm, source.seed)
             name = run_name(deep, False, source.norm, source.seed, shallow)
             try:
