@@ -141,8 +141,9 @@ def _constructed_specs(
     workdir: str,
 ) -> list[RunSpec]:
     """The `study.constructed` runs, after the grid: for each entry and each (norm, seed) of
-    the grid's plain runs of the shallow depth, the deeper plain net built from that run, with
-    the recipe (overrides included) of a plain net of the deeper depth."""
+    the grid, the deeper plain net built from the grid's plain run of the shallow depth, with
+    the recipe (overrides included) of a plain net of the deeper depth. Raises StudyError if
+    `study.exclude` leaves out such a source run."""
     out = []
     by_name = {g.name: g for g in grid}
     for text in s.constructed:
