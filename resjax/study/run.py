@@ -103,8 +103,12 @@ def _categories(
             continue
         if state == 'diverged':
             # A run that diverged while this process ran is not retried, even by another process.
-            marked = os.path.getmtime(os.path.join(spec.workdir, DIVERGED))
-            if not retry_diverged or marked >= started:
+            # No mark any more: another process removed it to retry the run, and holds it.
+            try:
+                marked = os.path.getmtime(os.path.join(spec.workdir, DIVERGED))
+            except FileNotFoundError:
+                marked = None
+            if marked is not None and (not retry_diverged or marked >= started):
                 why = 'it diverged (its DIVERGED file says how; --retry_diverged retries it)'
                 out[spec.name] = ('settled', why)
                 continue
