@@ -15,6 +15,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator
+from typing import IO
 
 import jax
 import ml_collections
@@ -105,16 +106,7 @@ def lock(workdir: str) -> Iterator[None]:
     """
     handle, holder = None, ''
     if jax.process_index() == 0:
-        handle = open(os.path.join(workdir, LOCK_FILE), 'a+')
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or 'another process'
-            handle.close()
-            handle = None
+        handle, holder = try_lock(os.path.join(workdir, LOCK_FILE))
     busy = handle is None if jax.process_index() == 0 else False
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -126,11 +118,6 @@ def lock(workdir: str) -> Iterator[None]:
             'for it to finish or stop it, or use another workdir'
         )
     try:
-        if handle is not None:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
-            handle.flush()
         yield
     finally:
         if handle is not None:
@@ -150,6 +137,31 @@ def is_locked(workdir: str) -> bool:
         return True
     finally:
         os.close(fd)  # Releases the shared lock, if taken.
+
+
+def try_lock(path: str, wait: bool = False) -> tuple[IO | None, str]:
+    """Takes an exclusive advisory `flock` on `path` (created if missing) for this process.
+
+    Returns (the open file, which holds the lock until closed, '') or, if another process holds
+    it and `wait` is False, (None, the holder as it wrote itself: 'pid N on HOST'). The kernel
+    drops the lock when its holder dies, so a killed process never leaves a stale lock.
+    """
+    handle = open(path, 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            handle.close()
+            raise
+        handle.seek(0)
+        holder = handle.read().strip() or 'another process'
+        handle.close()
+        return None, holder
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    handle.flush()
+    return handle, ''
 
 
 def _get(tree: dict, dotted: str):

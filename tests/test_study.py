@@ -1,21 +1,27 @@
 """The plain-vs-residual study: grid expansion, bad input, and a tiny study end to end whose
 report's numbers are checked against the runs' metrics.jsonl."""
 
+import contextlib
+import glob
 import importlib.util
 import json
 import math
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
 
-from resjax import config_lib, study
+from resjax import study
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
+TINY = os.path.join(os.path.dirname(__file__), 'study_tiny_config.py')
 
 
 def load_config(name, arg=None):
@@ -27,48 +33,51 @@ def load_config(name, arg=None):
     return module.get_config(arg)
 
 
-def tiny_config():
-    """Two small depths, plain and residual, BN, a few steps. To save compile time (the file's
-    budget is ~60 s) ResNet-14 is left out, only the depth-8 nets carry the signal probes and
-    are inspected, and only ResNet-8 the sharpness probe: every figure still has data."""
-    c = config_lib.default_config()
-    c.dataset.name = 'digits'
-    c.dataset.augment = 'none'
-    c.model.width = 0.25
-    c.train.steps = 6
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 120
-    c.train.schedule = 'constant'
-    c.train.lr = 0.05
-    c.train.log_every_steps = 2
-    c.train.eval_every_steps = 3
-    c.train.checkpoint_every_steps = 6
-    c.probes.every_steps = 3
-    c.probes.hessian_every_steps = 3
-    c.probes.hessian_iters = 3
-    c.probes.hessian_batch = 'fixed'
-    c.study = study.default_study_config()
-    c.study.depths = (8, 14)
-    c.study.norms = ('batch',)
-    c.study.exclude = ('depth=14 residual=true',)
-    c.study.overrides = (
-        'depth=14 residual=false -> train.lr=0.03',
-        'depth=14 -> probes.every_steps=0 probes.hessian_every_steps=0',
-        'residual=false -> probes.hessian_every_steps=0',
-    )
-    c.study.constructed = ('8->14',)  # plain-14 built from plain-8, probes off as plain-14's.
-    s = c.study.inspect
-    s.max_depth = 8
-    s.examples, s.batch, s.lanczos_order, s.slq_draws, s.grid, s.chunk = 32, 32, 4, 1, 5, 25
-    return c
+def tiny_config(arg=None):
+    """The tiny study of tests/study_tiny_config.py (its docstring says what it trains)."""
+    spec = importlib.util.spec_from_file_location('tiny_config', TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@contextlib.contextmanager
+def persistent_compilation_cache(path):
+    """JAX's persistent compilation cache in `path` for the duration, every executable kept
+    (this process's other tests compile without it)."""
+    from jax._src import compilation_cache
+
+    keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+    previous = {k: getattr(jax.config, k) for k in keys}
+    compilation_cache.reset_cache()
+    jax.config.update(keys[0], path)
+    jax.config.update(keys[1], 0.0)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def xla_cache(tmp_path_factory):
+    """The executables the `tiny` study compiled: the study subprocesses of later tests load
+    them instead of compiling the same steps again."""
+    return str(tmp_path_factory.mktemp('xla'))
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory, xla_cache):
     workdir = str(tmp_path_factory.mktemp('study'))
     config = tiny_config()
-    result = study.run_study(config, workdir)
+    with persistent_compilation_cache(xla_cache):
+        result = study.run_study(config, workdir)
     return config, workdir, result
+
+
+def must_not_train(config, workdir):
+    raise AssertionError(f'trained {workdir} again')
 
 
 def read_rows(workdir):
@@ -110,6 +119,11 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
         (lambda s: setattr(s, 'overrides', ('* -> train.lr=fast',)), 'not a float'),
         (lambda s: setattr(s.inspect, 'figures', ('contours',)), 'study.inspect.figures'),
         (lambda s: setattr(s, 'exclude', ('depth=8 kind=plain',)), 'study.exclude'),
+        # A constructed entry whose source is excluded was dropped silently (issue 28, item 11).
+        (
+            lambda s: setattr(s, 'exclude', ('depth=8 residual=false',)),
+            r"'8->14' starts from plain8_bn_s0, which study.exclude leaves out",
+        ),
         # An empty grid is refused like empty seeds (issue 19, case 8), not an empty report.
         (lambda s: setattr(s, 'exclude', ('*',)), r"study.exclude=\('\*',\) leaves no run"),
         (lambda s: setattr(s, 'seeds', ()), r'study.seeds=\(\) must be a non-empty'),
@@ -231,10 +245,12 @@ def test_rerun_skips_finished_runs_and_report_only_lists_missing(tiny, tmp_path)
     copy = str(tmp_path / 'study')
     shutil.copytree(workdir, copy)
 
-    def must_not_train(config, workdir):
-        raise AssertionError(f'trained {workdir} again')
-
-    study.run_study(config, copy, trainer=must_not_train)
+    # A kill during a write tore the last line of a finished run's metrics (issue 28, item 9):
+    # training skips such a line, and the study reads rows as training does.
+    with open(os.path.join(copy, 'runs', 'plain8_bn_s0', 'metrics.jsonl'), 'a') as f:
+        f.write('{"step": 6, "train/lo')
+    result = study.run_study(config, copy, trainer=must_not_train)
+    assert (result['status'], result['missing']) == ('complete', [])
     shutil.rmtree(os.path.join(copy, 'runs', 'plain14_bn_s0'))
     rows = read_rows(os.path.join(copy, 'runs', 'resnet8_bn_s0'))
     with open(os.path.join(copy, 'runs', 'resnet8_bn_s0', 'metrics.jsonl'), 'w') as f:
@@ -279,3 +295,134 @@ def test_added_block_drift_reads_only_the_added_blocks():
     drift = added_block_drift(run, source_depth=8)
     assert drift[0] == {'block_change_median': 0.0, 'init_distance_median': 0.0}
     assert drift[5] == {'block_change_median': pytest.approx(0.2), 'init_distance_median': 1.5}
+
+
+def _script(*args, cache=''):
+    """`scripts/study.py` with `args`, as a command line, with the persistent compilation
+    cache `cache` ('' = none)."""
+    script = os.path.join(ROOT, 'scripts', 'study.py')
+    return [sys.executable, script, *args, f'--compilation_cache={cache}']
+
+
+SCRIPT_ENV = {**os.environ, 'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true'}  # As conftest does.
+
+
+def test_list_prints_each_runs_own_train_command(tmp_path):
+    from absl import flags
+    from ml_collections import config_flags
+
+    work = str(tmp_path / 'w')
+    out = subprocess.run(
+        _script('--config', TINY, '--workdir', work, '--list', '--config.train.steps=4'),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    config = tiny_config()
+    config.train.steps = 4
+    specs = study.expand_grid(config, work)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(specs) == 4 and not os.path.exists(work)
+    for line, spec in zip(lines, specs):
+        command, comment = line.split('  # ')
+        after = ', after plain8_bn_s0 finishes' if spec.source else ''
+        assert comment == f'{spec.name}: missing{after}'
+        argv = shlex.split(command)
+        assert argv[0] == 'python' and argv[1].endswith(os.path.join('scripts', 'train.py'))
+        # Parsed as train.py parses it, the command gives the run's config exactly.
+        parsed = flags.FlagValues()
+        args = ['train.py', *argv[2:]]
+        config_flags.DEFINE_config_file('config', None, '', flag_values=parsed, sys_argv=args)
+        flags.DEFINE_string('workdir', None, '', flag_values=parsed)
+        parsed(args)
+        got = parsed.config.to_dict()
+        del got['study']
+        assert (got, parsed.workdir) == (spec.config.to_dict(), spec.workdir), spec.name
+
+
+def _comparable(workdir):
+    """findings.json and report.md of a study, less wall times and absolute paths."""
+    with open(os.path.join(workdir, 'findings.json')) as f:
+        result = json.load(f)
+    for run in result['runs'].values():
+        del run['seconds']
+    result['figures'] = sorted(result['figures'])
+    with open(os.path.join(workdir, 'report.md')) as f:
+        report = [line.rsplit(' | ', 1)[0] if line.startswith('| ') else line for line in f]
+    return result, report
+
+
+def test_two_processes_train_the_grid_once_between_them(tiny, xla_cache, tmp_path):
+    """Two study processes on one workdir (issue 27): each run is trained by exactly one of
+    them, the constructed run after its source, and the report equals a serial study's."""
+    work = str(tmp_path / 'parallel')
+    command = _script('--config', TINY + ':parallel', '--workdir', work, cache=xla_cache)
+    procs = [
+        subprocess.Popen(command, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    names = ['plain8_bn_s0', 'resnet8_bn_s0', 'plain14from8_bn_s0']
+    for name in names:
+        trained = [err.count(f'study: training {name} ') for _, err in outs]
+        assert sorted(trained) == [0, 1], (name, trained)
+        rows = read_rows(os.path.join(work, 'runs', name))
+        steps = [(r['step'], tuple(sorted(r))) for r in rows]
+        assert len(steps) == len(set(steps))  # No row written twice.
+    assert any('wrote' in out for out, _ in outs)
+    # The serial study's runs (the `tiny` fixture trained them in one process), reported alone.
+    serial = str(tmp_path / 'serial')
+    for name in names:
+        shutil.copytree(os.path.join(tiny[1], 'runs', name), os.path.join(serial, 'runs', name))
+    study.run_study(tiny_config('parallel'), serial, trainer=must_not_train)
+    assert _comparable(work) == _comparable(serial)
+
+
+def test_failed_inspection_leaves_out_stale_figures_and_exits_4(tiny, xla_cache, tmp_path):
+    """A damaged checkpoint and changed inspection options (issue 28, item 10): the old
+    figures and their findings are left out, the report says why, and the exit code is 4."""
+    copy = str(tmp_path / 'study')
+    shutil.copytree(tiny[1], copy)
+    checkpoint = os.path.join(copy, 'runs', 'resnet8_bn_s0', 'checkpoints', '6', 'default')
+    os.remove(sorted(glob.glob(os.path.join(checkpoint, '**', 'd', '*'), recursive=True))[0])
+    # One figure asked for: the others would fail alike, each after loading the checkpoints.
+    flags = ['--config.study.inspect.seed=1', "--config.study.inspect.figures=('spectrum',)"]
+    out = subprocess.run(
+        _script('--config', TINY, '--workdir', copy, *flags, cache=xla_cache),
+        env=SCRIPT_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 4, out.stderr[-3000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith('study incomplete')]
+    assert 'figure 5' in line and 'see report.md, fix and rerun' in line
+    with open(os.path.join(copy, 'findings.json')) as f:
+        result = json.load(f)
+    assert result['status'] == 'incomplete'
+    with open(os.path.join(copy, 'report.md')) as f:
+        report = f.read()
+    assert '5' not in result['figures'] and 'inspect/spectrum/' not in report
+    (line,) = [m for m in result['missing'] if m.startswith('figure 5 ')]
+    assert 'study.inspect.seed=0 (now 1)' in line and 'cannot be restored' in line, line
+    findings = {f['id']: f for f in result['findings']}
+    assert findings['spectrum']['verdict'] == 'not available'
+    assert '*Not shown: left out: drawn with study.inspect.seed=0 (now 1)' in report
+
+
+def test_a_second_process_leaves_inspection_to_the_one_holding_it(tiny, tmp_path, monkeypatch):
+    """While one process inspects and reports, another does neither (issue 28, item 12)."""
+    from resjax import inspection
+    from resjax.study import claims
+
+    copy = str(tmp_path / 'study')
+    shutil.copytree(tiny[1], copy)
+    config = tiny_config()
+    config.study.inspect.seed = 1  # Every figure would be drawn again.
+    monkeypatch.setattr(inspection, 'inspect', lambda *a: pytest.fail('inspected twice'))
+    handle, _ = claims.study_lock(copy, wait=False)
+    try:
+        result = study.run_study(config, copy, trainer=must_not_train)
+    finally:
+        handle.close()
+    me = f'pid {os.getpid()} on {socket.gethostname()}'
+    assert result == {'status': 'elsewhere', 'holder': me}

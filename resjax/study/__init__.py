@@ -21,7 +21,7 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
 
 Layout of a study workdir: `runs/<name>/` (ordinary resjax workdirs, `<name>` e.g.
 `plain56_bn_s0`), `inspect/<figure>/` (the inspection library's outputs), `figures/`
-(PNG + JSON each), `status.json` (state and wall time of each run), `findings.json`,
+(PNG + JSON each), `status.json` (state and wall time of each run), `.locks/`, `findings.json`,
 `report.md`, `report.html` (self-contained: figures embedded as base64 PNGs).
 
 A run is *finished* when its metrics.jsonl has a row at `train.steps` holding eval metrics;
@@ -30,14 +30,18 @@ from the latest checkpoint) and skips runs that stopped on a non-finite loss (ma
 `DIVERGED` file in their workdir) unless told to retry them. Findings use finished runs only;
 figures draw whatever rows exist.
 
-Modules: `config` (study keys, selectors, overrides), `grid` (the runs, their workdirs and
-states), `run` (training and inspection, one run after another), `numbers` (per-run numbers
+Several processes may share one study workdir (`run` says how; `claims` holds the locks): each
+trains the next run neither finished nor held, and the last inspects and writes the report.
+
+Modules: `config` (study keys, selectors, overrides), `grid` (the runs, their workdirs, states
+and `train.py` commands), `claims` (the locks of runs and of the report), `run` (training and
+inspection), `numbers` (per-run numbers
 from metrics.jsonl), `figures` (figures 1-4), `findings` (one small function per finding),
 `report` (findings.json, report.md, report.html).
 """
 
 from resjax.study.config import StudyError, validate_study_config
-from resjax.study.grid import RunSpec, expand_grid, run_state
+from resjax.study.grid import RunSpec, expand_grid, run_state, train_command
 from resjax.study.report import write_report
 from resjax.study.run import run_study
 from resjax.study_config import default_study_config
@@ -49,6 +53,7 @@ __all__ = [
     'expand_grid',
     'run_state',
     'run_study',
+    'train_command',
     'validate_study_config',
     'write_report',
 ]

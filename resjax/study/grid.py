@@ -23,6 +23,22 @@ from resjax.study.config import (
 )
 
 DIVERGED = 'DIVERGED'
+# study.inspect keys passed to the inspection library's Options (the rest are study's own).
+INSPECT_OPTIONS = (
+    'examples',
+    'batch',
+    'bn_mode',
+    'seed',
+    'lanczos_order',
+    'slq_draws',
+    'grid',
+    'range',
+    'chunk',
+)
+# In `<workdir>/inspect/<figure>/`: the inputs of its last drawing, and why the last attempt
+# to draw it failed (removed once it is drawn).
+INPUTS_FILE = 'study_inputs.json'
+ERROR_FILE = 'study_error.txt'
 
 
 @dataclasses.dataclass
@@ -125,12 +141,23 @@ def _constructed_specs(
     workdir: str,
 ) -> list[RunSpec]:
     """The `study.constructed` runs, after the grid: for each entry and each (norm, seed) of
-    the grid's plain runs of the shallow depth, the deeper plain net built from that run, with
-    the recipe (overrides included) of a plain net of the deeper depth."""
+    the grid, the deeper plain net built from the grid's plain run of the shallow depth, with
+    the recipe (overrides included) of a plain net of the deeper depth. Raises StudyError if
+    `study.exclude` leaves out such a source run."""
     out = []
+    by_name = {g.name: g for g in grid}
     for text in s.constructed:
         shallow, deep = parse_constructed(text)
-        for source in [g for g in grid if g.depth == shallow and not g.residual]:
+        for norm, seed in sorted(
+            {(g.norm, g.seed) for g in grid}, key=lambda p: (p[0] != 'batch', p[1])
+        ):
+            source = by_name.get(run_name(shallow, False, norm, seed))
+            if source is None:  # An entry dropped silently would be a study without its answer.
+                raise StudyError(
+                    f'study.constructed entry {text!r} starts from '
+                    f'{run_name(shallow, False, norm, seed)}, which study.exclude leaves out; '
+                    'drop the entry or that exclusion'
+                )
             c = run_config(base, overrides, deep, False, source.norm, source.seed)
             name = run_name(deep, False, source.norm, source.seed, shallow)
             try:
@@ -165,9 +192,10 @@ def run_state(spec: RunSpec) -> str:
 
 
 def read_rows(workdir: str) -> list[dict]:
-    """A workdir's metrics rows; none if it has no readable metrics.jsonl."""
+    """A workdir's metrics rows, read as training reads them (a last line torn by a kill is
+    skipped: the resumed run drops it); none if it has no readable metrics.jsonl."""
     try:
-        return read_metrics(workdir)
+        return read_metrics(workdir, allow_torn_end=True)
     except (OSError, ValueError):
         return []
 
@@ -208,6 +236,18 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     }
 
 
+def inspection_inputs(
+    inspect_config: ml_collections.ConfigDict, ready: list[RunSpec], workdir: str
+) -> dict:
+    """What an inspection figure drawn from the finished runs `ready` depends on: their
+    workdirs (relative to the study's), their `train.steps` and the inspection options."""
+    return {
+        'runs': [os.path.relpath(s.workdir, workdir) for s in ready],
+        'steps': [s.config.train.steps for s in ready],
+        'options': {k: inspect_config[k] for k in INSPECT_OPTIONS},
+    }
+
+
 def read_json(path: str, default: Any = None) -> Any:
     """The JSON at `path`, or `default` if it is missing or unreadable."""
     try:
@@ -229,3 +269,34 @@ def read_text(path: str) -> str:
 def norm_title(norm: str) -> str:
     """A grid norm as a title: 'BatchNorm' or 'no normalisation'."""
     return 'BatchNorm' if norm == 'batch' else 'no normalisation'
+
+
+def _leaves(tree: dict, prefix: str = '') -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def _flag_value(value: Any) -> str:
+    # As ml_collections' config flags parse them: tuples and None as Python literals.
+    return value if isinstance(value, str) else repr(value)
+
+
+def train_command(
+    spec: RunSpec, config_file: str, file_config: ml_collections.ConfigDict, script: str
+) -> list[str]:
+    """The argv of `python <script> --config <config_file> --workdir <run workdir>
+    --config.<key>=<value> ...` that trains `spec` alone: every training key where the run's
+    config differs from `file_config` (what `config_file` gives before any override: the grid
+    values, the study's overrides and the command line's), so a job array or a pod launcher
+    can run the grid. The study then finds the run as if it had trained it."""
+    base = _leaves({k: v for k, v in file_config.to_dict().items() if k != 'study'})
+    argv = ['python', script, '--config', config_file, '--workdir', spec.workdir]
+    for key, value in _leaves(spec.config.to_dict()).items():
+        if key not in base or base[key] != value or type(base[key]) is not type(value):
+            argv.append(f'--config.{key}={_flag_value(value)}')
+    return argv

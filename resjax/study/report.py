@@ -15,7 +15,10 @@ from resjax.study import figures as draw
 from resjax.study.findings import cap, compute_findings, pct
 from resjax.study.grid import (
     DIVERGED,
+    ERROR_FILE,
+    INPUTS_FILE,
     RunSpec,
+    inspection_inputs,
     inspection_targets,
     load_status,
     read_json,
@@ -64,21 +67,18 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
     if config.study.constructed:
         figures[11] = draw.figure_constructed(runs, fig_dir)
     inspection, targets = {}, inspection_targets(specs, config.study.inspect.max_depth)
-    stale = []
+    notes: dict[int, str] = {}  # Why an inspection figure is left out or out of date.
     for number, name in INSPECTED.items():
         if name not in config.study.inspect.figures:
             continue
         figures[number], inspection[name] = draw.inspection_figure(workdir, name)
-        marker = read_json(os.path.join(workdir, 'inspect', name, 'study_inputs.json'), {})
-        want = [
-            s.name
-            for s in targets.get(name, [])
-            if run_state(s) == 'finished'
-            and os.path.relpath(s.workdir, workdir) not in marker.get('runs', [])
-        ]
-        if figures[number] and want:
-            stale.append(f'figure {number} ({name}) does not include {", ".join(want)} yet')
+        note, stale = _inspection_note(config, targets.get(name, []), workdir, name)
+        if note:
+            notes[number] = note
+        if stale:  # Numbers of other inputs must not make findings.
+            figures[number] = inspection[name] = None
     findings = compute_findings(config, runs, inspection)
+    unfinished = [r for r in runs if r.state != 'finished']
     missing = [
         f'{r.spec.name}: {r.state}'
         + (
@@ -91,13 +91,17 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
             if r.state == 'diverged'
             else ''
         )
-        for r in runs
-        if r.state != 'finished'
+        for r in unfinished
     ]
-    missing += [
-        f'figure {n} ({SECTIONS[n][0]}): not drawn yet' for n, f in figures.items() if f is None
+    # A diverged run is a result (the report lists it); anything else left needs a rerun.
+    incomplete = [line for line, r in zip(missing, unfinished) if r.state != 'diverged']
+    figure_lines = [
+        f'figure {n} ({SECTIONS[n][0]}): {notes.get(n, "not drawn yet")}'
+        for n in figures
+        if figures[n] is None or n in notes
     ]
-    missing += stale
+    missing += figure_lines
+    incomplete += figure_lines
     status = load_status(workdir)
     result = {
         'runs': {
@@ -111,9 +115,11 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
         'findings': findings,
         'figures': {str(n): f for n, f in figures.items() if f},
         'missing': missing,
+        # 'complete': every run finished (or diverged: a result) and every figure drawn.
+        'status': 'incomplete' if incomplete else 'complete',
     }
     plots.write_json(os.path.join(workdir, 'findings.json'), result)
-    blocks = _report_blocks(config, runs, figures, findings, missing, workdir)
+    blocks = _report_blocks(config, runs, figures, findings, missing, notes, workdir)
     with open(os.path.join(workdir, 'report.md'), 'w') as f:
         f.write(render_markdown(blocks, workdir))
     with open(os.path.join(workdir, 'report.html'), 'w') as f:
@@ -122,7 +128,38 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
     return result
 
 
-def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tuple]:
+def _inspection_note(
+    config: ml_collections.ConfigDict, targets: list[RunSpec], workdir: str, name: str
+) -> tuple[str, bool]:
+    """(why inspection figure `name` is not current, or '', whether it is stale). Stale: its
+    last drawing used other inspection options, so the report leaves it out. Not current
+    either: it lacks runs finished since it was drawn, or the last attempt to draw it failed
+    (`run_inspection` wrote the error)."""
+    out_dir = os.path.join(workdir, 'inspect', name)
+    drawn = read_json(os.path.join(out_dir, INPUTS_FILE), {})
+    error = read_text(os.path.join(out_dir, ERROR_FILE))
+    ready = [s for s in targets if run_state(s) == 'finished']
+    want = inspection_inputs(config.study.inspect, ready, workdir)
+    notes, stale = [], False
+    if drawn:
+        old = drawn.get('options', {})
+        changed = [f'{k}={old.get(k)!r} (now {v!r})' for k, v in want['options'].items()
+                   if old.get(k) != v]  # fmt: skip
+        if changed:
+            stale = True
+            notes.append('left out: drawn with study.inspect.' + ', '.join(changed))
+        runs = drawn.get('runs', [])
+        new = [s.name for s in ready if os.path.relpath(s.workdir, workdir) not in runs]
+        if new:
+            notes.append(f'does not include {", ".join(new)} yet')
+    if error:
+        notes.append(f'inspection failed: {error}')
+    if notes and drawn:
+        notes.append('rerun the study to redraw it')
+    return '; '.join(notes), stale
+
+
+def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> list[tuple]:
     s = config.study
     t = config.train
     status = load_status(workdir)
@@ -195,6 +232,10 @@ def _report_blocks(config, runs, figures, findings, missing, workdir) -> list[tu
         fig = figures.get(number)
         if fig:
             blocks.append(('img', fig['path'], f'Figure {number}: {title}'))
+            if number in notes:
+                blocks.append(('p', f'*Out of date: {notes[number]}.*'))
+        elif number in notes:
+            blocks.append(('p', f'*Not shown: {notes[number]}.*'))
         else:
             blocks.append(('p', '*Not drawn yet: its runs or inspection are missing.*'))
         for f in findings:

@@ -1,9 +1,15 @@
-"""Orchestration: train the grid's unfinished runs one after another, inspect the final
-checkpoints, write the report."""
+"""Orchestration: train the grid's unfinished runs, inspect the final checkpoints, write the
+report; several processes may do this on one study workdir at once.
+
+Each process walks the grid in training order and trains the first run that is neither
+finished nor held by another process (`claims`: a flock per run), then walks it again. A
+constructed run waits until its source is finished. The process that finds every run settled
+(finished, diverged, or a constructed run whose source diverged) and none held takes the
+study lock, inspects and writes the report; any other process leaves that to it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -15,30 +21,25 @@ from absl import logging
 
 from resjax import plots, train
 from resjax.logs import format_seconds
+from resjax.study import claims
 from resjax.study.config import StudyError
 from resjax.study.grid import (
     DIVERGED,
+    ERROR_FILE,
+    INPUTS_FILE,
+    INSPECT_OPTIONS,
     RunSpec,
     expand_grid,
+    inspection_inputs,
     inspection_targets,
-    load_status,
     read_json,
     run_state,
 )
 from resjax.study.report import write_report
 
-# study.inspect keys passed to the inspection library's Options (the rest are study's own).
-INSPECT_OPTIONS = (
-    'examples',
-    'batch',
-    'bn_mode',
-    'seed',
-    'lanczos_order',
-    'slq_draws',
-    'grid',
-    'range',
-    'chunk',
-)
+# Seconds between looks at the grid while a constructed run waits for a source that another
+# process is training.
+POLL_SECONDS = 5.0
 
 
 def run_study(
@@ -48,12 +49,15 @@ def run_study(
     retry_diverged: bool = False,
     trainer: Callable[[ml_collections.ConfigDict, str], Any] | None = None,
 ) -> dict:
-    """Trains every unfinished run of the grid (one after another, in this process), draws the
-    inspection figures of the finished deepest nets, and writes the report. Returns what
-    `write_report` returns.
+    """Trains the grid's unfinished runs that no other process holds, and, if that leaves
+    every run settled, draws the inspection figures and writes the report.
 
-    `report_only` trains and inspects nothing: the report shows what exists and lists what is
-    missing. `trainer` replaces `resjax.train.train_and_evaluate` (tests). Raises StudyError
+    Returns what `write_report` returns (its `status` is 'complete' or 'incomplete': runs or
+    figures missing, an inspection failed), or {'status': 'stopped'} when a run stopped at a
+    checkpoint (SIGTERM; rerun to resume), or {'status': 'elsewhere', 'holder': ...} when
+    other processes hold runs or the report (the last of them writes it). `report_only` trains
+    and inspects nothing and renders what exists (waiting for a process that is writing the
+    report). `trainer` replaces `resjax.train.train_and_evaluate` (tests). Raises StudyError
     for a bad config or an unusable workdir, before anything compiles.
     """
     specs = expand_grid(config, workdir)
@@ -62,9 +66,63 @@ def run_study(
     except OSError as e:
         raise StudyError(f'workdir {workdir!r} cannot be created ({e.strerror})') from None
     if not report_only:
-        if train_runs(specs, workdir, retry_diverged, trainer or train.train_and_evaluate):
+        trainer = trainer or train.train_and_evaluate
+        outcome, who = train_runs(specs, workdir, retry_diverged, trainer)
+        if outcome == 'stopped':
+            return {'status': 'stopped'}
+        if outcome == 'held':
+            logging.info('study: runs held by %s; the last process writes the report', who)
+            return {'status': 'elsewhere', 'holder': who}
+    handle, who = claims.study_lock(workdir, wait=False)
+    if handle is None:
+        if not report_only:
+            logging.info('study: %s is inspecting and writing the report', who)
+            return {'status': 'elsewhere', 'holder': who}
+        logging.info('study: waiting for %s, which is writing the report', who)
+        handle, _ = claims.study_lock(workdir, wait=True)
+    try:
+        if not report_only:
             run_inspection(config.study.inspect, specs, workdir)
-    return write_report(config, specs, workdir)
+        return write_report(config, specs, workdir)
+    finally:
+        handle.close()
+
+
+def _categories(
+    specs: list[RunSpec], workdir: str, retry_diverged: bool, started: float
+) -> dict[str, tuple[str, str]]:
+    """{run name: (category, detail)} in training order. Categories: 'done' (finished),
+    'settled' (diverged and not retried, or a constructed run whose source is: detail says
+    why), 'held' (detail: by whom), 'waiting' (a constructed run whose source is not finished
+    yet) and 'free' (this process may claim it)."""
+    out: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        state = run_state(spec)
+        if state == 'finished':
+            out[spec.name] = ('done', '')
+            continue
+        if state == 'diverged':
+            # A run that diverged while this process ran is not retried, even by another process.
+            # No mark any more: another process removed it to retry the run, and holds it.
+            try:
+                marked = os.path.getmtime(os.path.join(spec.workdir, DIVERGED))
+            except FileNotFoundError:
+                marked = None
+            if marked is not None and (not retry_diverged or marked >= started):
+                why = 'it diverged (its DIVERGED file says how; --retry_diverged retries it)'
+                out[spec.name] = ('settled', why)
+                continue
+        if spec.source:
+            source = out[spec.source][0]
+            if source == 'settled':
+                out[spec.name] = ('settled', f'its source run {spec.source} diverged')
+                continue
+            if source != 'done':
+                out[spec.name] = ('waiting', spec.source)
+                continue
+        who = claims.holder(workdir, spec)
+        out[spec.name] = ('held', who) if who else ('free', state)
+    return out
 
 
 def train_runs(
@@ -72,71 +130,97 @@ def train_runs(
     workdir: str,
     retry_diverged: bool,
     trainer: Callable[[ml_collections.ConfigDict, str], Any],
-) -> bool:
-    """Trains the unfinished runs in order, logging progress with a study-wide ETA (cost taken
-    as proportional to depth x steps, calibrated on the runs trained so far). A run that stops
-    on a non-finite loss is marked DIVERGED and the study goes on. Returns False if a run
-    returned unfinished (SIGTERM: the loop saved a checkpoint and stopped), True otherwise."""
-    status = load_status(workdir)
-    todo = [s for s in specs if run_state(s) != 'finished']
-    states = {s.name: run_state(s) for s in specs}
-    if not retry_diverged:
-        for s in todo:
-            if run_state(s) == 'diverged':
-                logging.warning('study: %s diverged before; skipped (--retry_diverged)', s.name)
-        todo = [s for s in todo if run_state(s) != 'diverged']
-    logging.info(
-        'study: %d of %d runs to train: %s',
-        len(todo),
-        len(specs),
-        ', '.join(s.name for s in todo) or '-',
-    )
+) -> tuple[str, str]:
+    """Trains, one after another, the runs no other process holds, logging progress with an
+    ETA of what is left unclaimed (cost taken as proportional to depth x steps, calibrated on
+    the runs this process trained). A run that stops on a non-finite loss is marked DIVERGED
+    and the study goes on.
+
+    Returns ('done', '') once every run is settled and none is held, ('held', holder) when
+    the runs left are held by other processes, ('stopped', name) if a run returned
+    unfinished (SIGTERM: the loop saved a checkpoint and stopped).
+    """
+    started = time.time()
     cost = lambda s: s.depth * s.config.train.steps  # noqa: E731
-    done_cost, done_seconds = 0.0, 0.0
-    for i, spec in enumerate(todo):
-        remaining = sum(cost(s) for s in todo[i:])
-        eta = (
-            f', study ETA {format_seconds(remaining * done_seconds / done_cost)}'
-            if done_cost
-            else ''
-        )
-        logging.info(
-            'study: run %d/%d %s (%s%s)', i + 1, len(todo), spec.name, run_state(spec), eta
-        )
-        if spec.source and states[spec.source] != 'finished':
+    done_cost, done_seconds, warned = 0.0, 0.0, set()
+    by_name = {s.name: s for s in specs}
+    while True:
+        cats = _categories(specs, workdir, retry_diverged, started)
+        for name, (cat, detail) in cats.items():
+            if cat == 'settled' and name not in warned:
+                logging.warning('study: %s skipped: %s', name, detail)
+                warned.add(name)
+        free = [by_name[n] for n, (c, _) in cats.items() if c == 'free']
+        trained = None
+        for spec in free:
+            with claims.claim(workdir, spec) as mine:
+                # Claimed: look again, another process may have finished it since the scan.
+                if not mine or run_state(spec) == 'finished':
+                    continue
+                left = [s for s in specs if cats[s.name][0] in ('free', 'waiting')]
+                eta = (
+                    f', ETA of the unclaimed runs '
+                    f'{format_seconds(sum(map(cost, left)) * done_seconds / done_cost)}'
+                    if done_cost
+                    else ''
+                )
+                logging.info(
+                    'study: training %s (%s; %d of %d runs finished%s)',
+                    spec.name,
+                    run_state(spec),
+                    sum(c == 'done' for c, _ in cats.values()),
+                    len(specs),
+                    eta,
+                )
+                seconds, state = _train_one(spec, workdir, trainer)
+                done_cost, done_seconds = done_cost + cost(spec), done_seconds + seconds
+                trained = spec
+            break
+        if trained is not None and state not in ('finished', 'diverged'):
             logging.warning(
-                'study: %s skipped: its source run %s is %s', spec.name, spec.source,
-                states[spec.source],
-            )  # fmt: skip
-            continue
-        marker = os.path.join(spec.workdir, DIVERGED)
-        if os.path.exists(marker):
-            os.remove(marker)
-        start = time.perf_counter()
-        try:
-            trainer(spec.config, spec.workdir)
-            state = run_state(spec)
-        except train.NonFiniteError as e:
-            with open(marker, 'w') as f:
-                f.write(str(e) + '\n')
-            logging.warning('study: %s diverged: %s', spec.name, e)
-            state = 'diverged'
-        except train.ConfigError as e:
-            raise StudyError(f'run {spec.name}: {e}') from None
-        seconds = time.perf_counter() - start
-        states[spec.name] = state
-        done_cost, done_seconds = done_cost + cost(spec), done_seconds + seconds
-        entry = status.setdefault(spec.name, {'seconds': 0.0})
-        entry['seconds'] = round(entry['seconds'] + seconds, 1)
-        entry['state'] = state
-        plots.write_json(os.path.join(workdir, 'status.json'), status)
-        logging.info('study: %s %s in %s', spec.name, state, format_seconds(seconds))
-        if state != 'finished' and state != 'diverged':
-            logging.warning(
-                'study: %s stopped at %s (preempted); rerun to resume', spec.name, state
+                'study: %s stopped at %s (preempted); rerun to resume', trained.name, state
             )
-            return False
-    return True
+            return 'stopped', trained.name
+        if free:  # Trained one, or lost a claim to another process: look at the grid again.
+            continue
+        held = sorted({d for c, d in cats.values() if c == 'held'})
+        waiting = [n for n, (c, _) in cats.items() if c == 'waiting']
+        if waiting:  # Their sources are held by other processes (or just released).
+            logging.info(
+                'study: %s waits for %s (held by %s)',
+                ', '.join(waiting),
+                ', '.join(sorted({cats[n][1] for n in waiting})),
+                ', '.join(held) or 'another process',
+            )
+            time.sleep(POLL_SECONDS)
+            continue
+        if held:
+            return 'held', ', '.join(held)
+        return 'done', ''
+
+
+def _train_one(
+    spec: RunSpec, workdir: str, trainer: Callable[[ml_collections.ConfigDict, str], Any]
+) -> tuple[float, str]:
+    """Trains (or resumes) one claimed run; returns (seconds, its state after)."""
+    marker = os.path.join(spec.workdir, DIVERGED)
+    if os.path.exists(marker):
+        os.remove(marker)
+    start = time.perf_counter()
+    try:
+        trainer(spec.config, spec.workdir)
+        state = run_state(spec)
+    except train.NonFiniteError as e:
+        with open(marker, 'w') as f:
+            f.write(str(e) + '\n')
+        logging.warning('study: %s diverged: %s', spec.name, e)
+        state = 'diverged'
+    except train.ConfigError as e:
+        raise StudyError(f'run {spec.name}: {e}') from None
+    seconds = time.perf_counter() - start
+    claims.record_run(workdir, spec.name, state, seconds)
+    logging.info('study: %s %s in %s', spec.name, state, format_seconds(seconds))
+    return seconds, state
 
 
 def inspect_options(inspect_config: ml_collections.ConfigDict) -> dict:
@@ -147,10 +231,11 @@ def inspect_options(inspect_config: ml_collections.ConfigDict) -> dict:
 def run_inspection(
     inspect_config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str
 ) -> dict[str, str]:
-    """Draws figures 5-7 with the inspection library (`resjax.inspection.inspect`) on the final
-    checkpoints of `inspection_targets`, into `<workdir>/inspect/<figure>/`. A figure whose
-    runs, checkpoints and options are those of its last drawing is not redrawn. Returns
-    {figure: error message} for figures that could not be drawn (the report shows them)."""
+    """Draws figures 5-7 and 12 with the inspection library (`resjax.inspection.inspect`) on
+    the final checkpoints of `inspection_targets`, into `<workdir>/inspect/<figure>/`. A
+    figure whose runs, steps and options are those of its last drawing is not redrawn. A
+    failure is written to `<figure>/study_error.txt` (the report names it and leaves out the
+    figure if it is stale). Returns {figure: error message} of the figures not drawn."""
     from resjax import inspection  # Import here: the study's training part does not need it.
 
     opts = inspection.Options(**inspect_options(inspect_config))
@@ -158,19 +243,18 @@ def run_inspection(
     for figure, targets in inspection_targets(specs, inspect_config.max_depth).items():
         if figure not in inspect_config.figures:
             continue
+        out_dir = os.path.join(workdir, 'inspect', figure)
+        error_path = os.path.join(out_dir, ERROR_FILE)
         ready = [s for s in targets if run_state(s) == 'finished']
         if not ready:
             errors[figure] = 'no finished run to inspect'
             continue
-        out_dir = os.path.join(workdir, 'inspect', figure)
-        inputs = {
-            'runs': [os.path.relpath(s.workdir, workdir) for s in ready],
-            'steps': [s.config.train.steps for s in ready],
-            'options': dataclasses.asdict(opts),
-        }
-        marker = os.path.join(out_dir, 'study_inputs.json')
+        inputs = inspection_inputs(inspect_config, ready, workdir)
+        marker = os.path.join(out_dir, INPUTS_FILE)
         if read_json(marker) == json.loads(json.dumps(inputs)):
             logging.info('study: %s of %s is up to date', figure, [s.name for s in ready])
+            if os.path.exists(error_path):
+                os.remove(error_path)
             continue
         logging.info('study: inspection %s of %s', figure, [s.name for s in ready])
         start = time.perf_counter()
@@ -179,7 +263,12 @@ def run_inspection(
         except Exception as e:  # noqa: BLE001 (the report says what failed; the study goes on)
             logging.exception('study: inspection %s failed', figure)
             errors[figure] = f'{type(e).__name__}: {e}'.splitlines()[0]
+            os.makedirs(out_dir, exist_ok=True)
+            with open(error_path, 'w') as f:
+                f.write(errors[figure] + '\n')
             continue
         plots.write_json(marker, inputs)
+        if os.path.exists(error_path):
+            os.remove(error_path)
         logging.info('study: %s done in %s', figure, format_seconds(time.perf_counter() - start))
     return errors
