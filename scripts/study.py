@@ -22,6 +22,7 @@ line, before anything compiles); 4 the report is written but the study is incomp
 unfinished, figures not drawn, an inspection failed: report.md's Missing section; fix, rerun).
 """
 
+import logging as std_logging
 import os
 import shlex
 import sys
@@ -29,7 +30,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resjax import logs, study_config  # noqa: F401  (light; `resjax.study` is imported in main)
+from resjax import config_lib, logs, study_config  # noqa: F401  (light; `resjax.study` is imported in main)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Study config file.', lock_config=True)
@@ -61,10 +62,12 @@ def main(argv):
         sys.exit(2)
     from resjax import study  # JAX and matplotlib: after the flags (a bad flag fails fast).
 
-    logs.quiet_logs()
+    # orbax's read-only managers warn on every load during the inspection phase.
+    logs.quiet_logs(std_logging.ERROR)
     try:
         config = FLAGS.config
         config.seed  # noqa: B018  (config_flags loads lazily: a missing file fails here)
+        config_lib.check_loaded(config, config_flags.get_config_filename(FLAGS['config']))
     except (OSError, ValueError) as e:
         print(f'error: cannot load --config: {str(e).strip().splitlines()[-1]}', file=sys.stderr)
         sys.exit(2)

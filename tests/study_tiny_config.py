@@ -45,4 +45,4 @@ def get_config(arg=None):
     if arg == 'parallel':
         c.study.exclude = ('depth=14',)
         s.figures = ()
-    return c
+    return config_lib.finalize(c, None)  # `parallel` is this file's own argument.
