@@ -434,7 +434,10 @@ def _write_error(error: OSError, workdir: str) -> str:
     what = error.filename or workdir
     resume = 'rerun the same command to resume from the last saved step'
     if not os.path.isdir(workdir):
-        return f'workdir {workdir} disappeared while the run wrote {what}; {resume} elsewhere'
+        return (
+            f'workdir {workdir} disappeared while the run wrote {what}, its checkpoints with it; '
+            'restore it to resume, or start again'
+        )
     if error.errno == errno.ENOSPC:
         free = shutil.disk_usage(workdir).free
         return (
