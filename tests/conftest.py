@@ -1,5 +1,6 @@
 """Shared test set-up: small compile times (tests run real code paths on tiny shapes)."""
 
+import contextlib
 import gc
 
 import jax
@@ -68,3 +69,22 @@ def x64():
     jax.config.update('jax_enable_x64', True)
     yield
     jax.config.update('jax_enable_x64', previous)
+
+
+@contextlib.contextmanager
+def persistent_compilation_cache(path):
+    """JAX's persistent compilation cache in `path` for the duration, every executable kept
+    (this process's other tests compile without it)."""
+    from jax._src import compilation_cache
+
+    keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+    previous = {k: getattr(jax.config, k) for k in keys}
+    compilation_cache.reset_cache()
+    jax.config.update(keys[0], path)
+    jax.config.update(keys[1], 0.0)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()

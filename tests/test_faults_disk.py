@@ -94,6 +94,7 @@ def _check_stopped_at_the_failed_save(workdir, err, *words):
     manager = checkpoint.checkpoint_manager(str(workdir), read_only=True)
     saved = manager.all_steps()
     assert saved and saved[-1] < STEPS, saved
+    assert not [p for p in os.listdir(workdir / 'checkpoints') if 'orbax-checkpoint-tmp' in p]
     failed = saved[-1] + EVERY
     # Stopped at the step after the failed save: no training row after it.
     assert _last_train_row(workdir) <= failed, (saved, _last_train_row(workdir))

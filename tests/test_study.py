@@ -1,7 +1,6 @@
 """The plain-vs-residual study: grid expansion, bad input, and a tiny study end to end whose
 report's numbers are checked against the runs' metrics.jsonl."""
 
-import contextlib
 import glob
 import importlib.util
 import json
@@ -13,10 +12,10 @@ import socket
 import subprocess
 import sys
 
-import jax
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import persistent_compilation_cache
 
 from resjax import study
 
@@ -39,25 +38,6 @@ def tiny_config(arg=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
-
-
-@contextlib.contextmanager
-def persistent_compilation_cache(path):
-    """JAX's persistent compilation cache in `path` for the duration, every executable kept
-    (this process's other tests compile without it)."""
-    from jax._src import compilation_cache
-
-    keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-    previous = {k: getattr(jax.config, k) for k in keys}
-    compilation_cache.reset_cache()
-    jax.config.update(keys[0], path)
-    jax.config.update(keys[1], 0.0)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope='module')
