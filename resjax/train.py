@@ -1,26 +1,25 @@
-"""`train_and_evaluate(config, workdir)`: the one training loop. Read it top to bottom."""
+"""`train_and_evaluate(config, workdir)`: the one training loop, its periodic work the hooks of
+`resjax.hooks`. Read it top to bottom."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
 import shutil
-import signal
-import threading
-import time
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax.tree_utils as otu
+import optax
 from absl import logging
 
-from resjax import checkpoint, construct, data, models, optim, parallel, steps, xla
+from resjax import checkpoint, construct, data, hooks, models, optim, parallel, steps, xla
 from resjax import workdir as workdir_lib
-from resjax.logs import format_seconds
-from resjax.metrics import MetricWriter, mean_metrics
-from resjax.probes import blocks, hessian, signals
+from resjax.metrics import MetricWriter
+from resjax.probes import hessian, signals
 
 # Config keys whose change makes an existing workdir's checkpoints meaningless for this run:
 # the model families' architecture keys (resjax.models; model.dtype, model.weight_grad and
@@ -150,39 +149,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     # global arrays replicated over the mesh. Under pmap the loop holds a per-device copy.
     pmap = config.parallel.mode == 'pmap'
     mesh = parallel.create_mesh()
-    abstract_state = jax.eval_shape(init)
-
-    built_from = None  # The source of a constructed start built (not restored) by this run.
-
-    def first_state():
-        """Step 0: the seed's random init, or the constructed solution (`train.init_from`):
-        the one this run saved when it began, else built from the source's latest step."""
-        nonlocal built_from
-        if not config.train.init_from:
-            return xla.run_once(init, out_shardings=replicated)
-        try:
-            state = construct.saved_start(workdir, abstract_state)
-            if state is None:
-                state, built_from = construct.build(config, model, tx, dataset.image_shape)
-                logging.info(
-                    'train.init_from: built from step %d of %s%s',
-                    built_from['step'],
-                    built_from['workdir'],
-                    ' (still training: this run keeps that step)'
-                    if built_from['still_training']
-                    else '',
-                )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        return jax.device_put(state, replicated)
-
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(init),
+    )
+    first_state = functools.partial(
+        _first_state, config, workdir, init, model, tx, dataset, abstract_state, replicated
     )
 
     # ----- Checkpoint: resume or initialise -----------------------------------------------
     manager = checkpoint.checkpoint_manager(workdir, config.train.keep_checkpoints)
+    built_from = None  # The source of a constructed start built (not restored) by this run.
     if manager.latest_step() is not None:
         try:
             state = checkpoint.restore(manager, abstract_state)
@@ -191,16 +169,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
             raise ConfigError(str(e)) from e
         logging.info('Resumed from step %d of %s', int(state.step), workdir)
     else:
-        state = first_state()
-    start_step = int(jax.device_get(state.step))
-    if start_step >= config.train.steps:
+        state, built_from = first_state()
+    start_step, total = int(jax.device_get(state.step)), config.train.steps
+    if start_step >= total:
         manager.close()
         logging.info(
             'Already complete: %s holds step %d of train.steps=%d; nothing to train (raise '
             'train.steps to continue)',
             workdir,
             start_step,
-            config.train.steps,
+            total,
         )
         return state
     # The run starts: only now is the workdir changed.
@@ -208,224 +186,179 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     workdir_lib.write_config(config, workdir)
     if built_from is not None and start_step == 0:
         construct.save_start(workdir, state, built_from)
-    # Replica 0 of a pmap-replicated tree in jit's layout (identity under jit).
-    to_global = (
-        functools.partial(parallel.unreplicate, sharding=replicated) if pmap else lambda t: t
-    )
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         'Model %s-%d%s: %d parameters',
         config.model.family,
         config.model.depth,
         '' if config.model.residual else ' (plain)',
-        num_params,
+        sum(x.size for x in jax.tree.leaves(state.params)),
     )
 
     # ----- Compiled steps -------------------------------------------------------------------
-    # Two compiled variants chosen by the loop: probes are not paid for on ordinary steps.
-    # One step function, two wrappers: jit over the mesh, or pmap (resjax/parallel.py).
+    train_step, probe_step, eval_step, put_batch = _compile_steps(
+        config, model, tx, schedule, mesh, dataset.num_classes
+    )
     if pmap:
-        axis = parallel.DATA_AXIS
-        # sync_bn: the model's BatchNorm averages its statistics over the pmap axis.
-        step_model = models.create_model(
-            config.model, dataset.num_classes, axis_name=axis if config.parallel.sync_bn else None
-        )
-        make_step = functools.partial(
-            steps.make_train_step, step_model, tx, schedule, axis_name=axis
-        )
-        train_step = parallel.pmap_train_step(make_step())
-        probe_step = parallel.pmap_train_step(make_step(probes=True))
-        eval_step = parallel.pmap_eval_step(steps.make_eval_step(model))
-        put_batch = parallel.split_batch
         state = parallel.replicate(state)
-    else:
-        make_step = functools.partial(steps.make_train_step, model, tx, schedule)
-        train_step = xla.jit(make_step(), donate_argnums=0)
-        probe_step = xla.jit(make_step(probes=True), donate_argnums=0)
-        eval_step = xla.jit(steps.make_eval_step(model))
-        put_batch = functools.partial(parallel.shard_batch, mesh=mesh)
-
-    def host(tree):
-        """Host values of replicated outputs: replica 0 of pmap's, jit's global arrays."""
-        return jax.tree.map(parallel.first_replica, tree) if pmap else jax.device_get(tree)
-
-    scalar = lambda x: int(host(x))
-    probe_every = config.probes.every_steps
-    hessian_every = config.probes.hessian_every_steps
-    hessian_step = hessian.make_sharpness_probe(
-        model,
-        config.probes.hessian_iters,
-        bn_mode=config.probes.bn_mode,
-        trace_samples=config.probes.hessian_trace_samples,
+    # Host values of replicated outputs: replica 0 of pmap's, jit's global arrays.
+    host = functools.partial(jax.tree.map, parallel.first_replica) if pmap else jax.device_get
+    # Replica 0 of a pmap-replicated tree in jit's layout (identity under jit).
+    to_global = (
+        functools.partial(parallel.unreplicate, sharding=replicated) if pmap else lambda t: t
     )
-    # Warm-start vector of the sharpness probe; built only when the probe is on, compiled once
-    # (eager tree_random_like compiles per leaf shape: seconds for nothing otherwise).
-    # Under pmap the probe runs under jit on replica 0's parameters and the global batch, so
-    # with bn_mode='train' and per-device BN it uses global-batch statistics (README).
-    # Placed like the parameters: a single-device vector made every probe compile twice.
-    hessian_vec = hessian_every and xla.run_once(
-        otu.tree_random_like,
-        jax.random.PRNGKey(config.seed + 1),
-        to_global(state.params),
-        out_shardings=replicated,
-    )
-    fixed_probe_batch = None
-    # The `init_distance/` probes' reference: this run's step-0 parameters (recomputed on
-    # resume; a copy, since the steps donate the state's buffers).
-    initial_params = None
-    if probe_every:
-        initial_params = (
-            jax.tree.map(jnp.copy, to_global(state.params))
-            if start_step == 0
-            else first_state().params
-        )
-    init_distance = jax.jit(blocks.init_distance)
 
-    def evaluate(state):
-        sums = None
-        for batch in dataset.eval_batches():
-            out = eval_step(state, put_batch(batch))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = host(sums)
-        return {
-            'eval/loss': sums['loss_sum'] / sums['count'],
-            'eval/accuracy': sums['correct'] / sums['count'],
-        }
-
-    def check_finite(state):
-        bad = scalar(state.nonfinite_step)
-        if bad >= 0 and config.train.on_nonfinite == 'stop':
-            names = list(signals.group_by_layer(state.params))
-            raise NonFiniteError(
-                f'non-finite loss or gradient at step {bad} (first non-finite gradient in layer '
-                f'{names[scalar(state.nonfinite_layer)]}); last good checkpoint kept in {workdir}'
-            )
+    # ----- Hooks: the periodic work, chosen by config (resjax/hooks) ----------------------
+    timer = hooks.Throughput(start_step)
+    ctx = hooks.Context(
+        config=config, workdir=workdir, model=model, schedule=schedule, dataset=dataset,
+        mesh=mesh, replicated=replicated, pmap=pmap, start_step=start_step, manager=manager,
+        eval_step=eval_step, put_batch=put_batch, host=host, to_global=to_global,
+        first_state=lambda: first_state()[0],
+        check_finite=functools.partial(_check_finite, config, workdir, host), timer=timer,
+    )  # fmt: skip
+    active = hooks.from_config(ctx, state)
+    before, probes, after = ([h for h in active if h.when == w] for w in hooks.WHEN)
 
     # ----- Loop -------------------------------------------------------------------------------
-    total = config.train.steps
-    train_rows, throughput, compiled = [], _Throughput(start_step), set()
     batches = dataset.train_batches(start_step)
-    step = start_step
-    previous_params = None
-    saving = False  # A checkpoint save is under way in the background.
-    preempted = _PreemptionFlag()
+    step, compiled = start_step, set()
     try:
         while step < total:
-            local_batch = next(batches)
-            batch = put_batch(local_batch)
-            probe_now = probe_every and step % probe_every == 0
-            hessian_now = hessian_every and step % hessian_every == 0
-            kinds = {'probe' if probe_now else 'train'} | ({'hessian'} if hessian_now else set())
-            compiles = not kinds <= compiled  # The first call of a step compiles it: untimed.
+            batch = next(batches)
+            step_data = hooks.StepData(batch, put_batch(batch))
+            due = [h for h in before + probes if h.due(step)]
+            probe_now = any(h.when == hooks.STEP for h in due)  # The probe variant of the step.
+            kinds = {h.name for h in due} | ({'probe'} if probe_now else {'train'})
+            compiles = not kinds <= compiled  # The first call of a compiled function: untimed.
             if compiles:
                 jax.block_until_ready(state)
-                throughput.pause(step)
-            if hessian_now:
-                if config.probes.hessian_batch == 'fixed':
-                    # The batch of step 0, whatever step this run started at: comparable probes.
-                    if fixed_probe_batch is None:
-                        first = next(dataset.train_batches(0))
-                        fixed_probe_batch = parallel.shard_batch(first, mesh)
-                    probe_batch = fixed_probe_batch
-                else:
-                    probe_batch = parallel.shard_batch(local_batch, mesh) if pmap else batch
-                params, batch_stats = to_global((state.params, state.batch_stats))
-                update = None  # The last update, if its start point was kept (not on resume).
-                if previous_params is not None:
-                    update = jax.tree.map(jnp.subtract, params, previous_params)
-                row, hessian_vec = hessian_step(
-                    params,
-                    batch_stats,
-                    probe_batch,
-                    hessian_vec,
-                    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
-                    update=update,
-                )
-                previous_params = None
-                lr = float(schedule(step))
-                if lr > 0:  # (0 during a linear warm-up's first step)
-                    row['hessian/two_over_lr'] = 2.0 / lr
-                writer.write(step, row)
-            if hessian_every and (step + 1) % hessian_every == 0:
-                # Keep the start point of this update for the next probe's update curvature
-                # (a copy: the step donates the state's buffers).
-                previous_params = jax.tree.map(jnp.copy, to_global(state.params))
+                timer.pause(step)
+            done = []  # (hook, metrics) of the due BEFORE and STEP hooks.
+            for hook in before:
+                if hook in due:
+                    done.append((hook, hook.run(state, step, step_data)))
+                hook.observe(state, step, step_data)
             if probe_now:
-                moved = jax.device_get(init_distance(to_global(state.params), initial_params))
-                state, metrics = probe_step(state, batch)
-                # Probes describe the parameters before this step's update: logged at `step`.
-                writer.write(step, {**host(metrics['probes']), **moved})
-                metrics = metrics['train']
+                state, outputs = probe_step(state, step_data.device_batch)
             else:
-                state, metrics = train_step(state, batch)
-            if saving:
-                # The save started after the previous step ends before this step's results are
-                # used (it overlaps the step's device work): a failed save stops the run here.
-                checkpoint.check_saved(manager)
-                saving = False
+                state, outputs = train_step(state, step_data.device_batch)
+                outputs = {'train': outputs}
+            step_data = dataclasses.replace(step_data, outputs=outputs)
+            for hook in probes:
+                if hook in due:
+                    done.append((hook, hook.run(state, step, step_data)))
+            for row in hooks.rows(done):
+                writer.write(step, row)
+            for hook in probes + after:
+                hook.observe(state, step + 1, step_data)
             step += 1
-            train_rows.append(metrics)
             if compiles:
-                jax.block_until_ready(metrics)
+                jax.block_until_ready(outputs)
                 logging.info(
                     'Step %d compiled %s (compile + run: %.1f s)',
                     step,
                     ' + '.join(sorted(kinds - compiled)),
-                    throughput.resume(step),
+                    timer.resume(step),
                 )
                 compiled |= kinds
-            is_last = step == total
-            if step % config.train.log_every_steps == 0 or is_last:
-                row = mean_metrics(host(train_rows))
-                rate = throughput.rate(step)
-                if rate is not None:  # None when every step since the last row compiled.
-                    row['steps_per_sec'] = rate
-                train_rows = []
-                check_finite(state)
-                if config.train.on_nonfinite == 'skip':
-                    row['train/skipped_steps'] = scalar(state.skipped_steps)
-                writer.write(step, row)
-                logging.info(
-                    'step %d/%d | loss %.4f | acc %.3f | %s steps/s | ETA %s',
-                    step,
-                    total,
-                    row['train/loss'],
-                    row['train/accuracy'],
-                    '-' if rate is None else f'{rate:.1f}',
-                    throughput.eta(total - step),
-                )
-            if step % config.train.eval_every_steps == 0 or is_last:
-                jax.block_until_ready(state)
-                throughput.pause(step)  # Eval time is not training time.
-                row = evaluate(state)
-                writer.write(step, row)
-                logging.info(
-                    'step %d/%d | eval loss %.4f | eval acc %.4f',
-                    step,
-                    total,
-                    row['eval/loss'],
-                    row['eval/accuracy'],
-                )
-                throughput.resume(step)
-            # SIGTERM here, or orbax's multi-host preemption sync point: save now and stop.
-            stop = preempted.is_set() or manager.reached_preemption(step)
-            if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
-                check_finite(state)
-                checkpoint.save(manager, to_global(state))
-                saving = True
-            if stop and not is_last:
-                logging.warning(
-                    'Preempted: saved step %d in %s; rerun the same command to resume.',
-                    step,
-                    workdir,
-                )
+            for hook in after:
+                if hook.due(step):
+                    if hook.untimed:
+                        jax.block_until_ready(state)
+                        timer.pause(step)
+                    writer.write(step, hook.run(state, step, step_data))
+                    if hook.untimed:
+                        timer.resume(step)
+            if any(hook.stop for hook in after):
                 break
-        checkpoint.check_saved(manager)
     finally:
-        preempted.restore()
+        for hook in active:
+            hook.close()
         writer.close()
         manager.close()
     return to_global(state)
+
+
+def _first_state(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    init: Callable[[], steps.TrainState],
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    dataset: data.Dataset,
+    abstract_state: steps.TrainState,
+    replicated: jax.sharding.NamedSharding,
+) -> tuple[steps.TrainState, dict | None]:
+    """(step 0's state, the source it was built from or None), in jit's layout: the seed's
+    random init, or the constructed solution (`train.init_from`): the one this run saved when
+    it began, else built from the source's latest step."""
+    if not config.train.init_from:
+        return xla.run_once(init, out_shardings=replicated), None
+    built_from = None
+    try:
+        state = construct.saved_start(workdir, abstract_state)
+        if state is None:
+            state, built_from = construct.build(config, model, tx, dataset.image_shape)
+            logging.info(
+                'train.init_from: built from step %d of %s%s',
+                built_from['step'],
+                built_from['workdir'],
+                ' (still training: this run keeps that step)'
+                if built_from['still_training']
+                else '',
+            )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return jax.device_put(state, replicated), built_from
+
+
+def _compile_steps(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: jax.sharding.Mesh,
+    num_classes: int,
+) -> tuple[Callable, Callable, Callable, Callable]:
+    """(train_step, probe_step, eval_step, put_batch): one step function, two wrappers, jit
+    over the mesh or pmap (resjax/parallel.py). The probe variant also returns the per-layer
+    probes, chosen by the loop when they are due: ordinary steps do not pay for them."""
+    if config.parallel.mode == 'pmap':
+        axis = parallel.DATA_AXIS
+        # sync_bn: the model's BatchNorm averages its statistics over the pmap axis.
+        step_model = models.create_model(
+            config.model, num_classes, axis_name=axis if config.parallel.sync_bn else None
+        )
+        make_step = functools.partial(
+            steps.make_train_step, step_model, tx, schedule, axis_name=axis
+        )
+        return (
+            parallel.pmap_train_step(make_step()),
+            parallel.pmap_train_step(make_step(probes=True)),
+            parallel.pmap_eval_step(steps.make_eval_step(model)),
+            parallel.split_batch,
+        )
+    make_step = functools.partial(steps.make_train_step, model, tx, schedule)
+    return (
+        xla.jit(make_step(), donate_argnums=0),
+        xla.jit(make_step(probes=True), donate_argnums=0),
+        xla.jit(steps.make_eval_step(model)),
+        functools.partial(parallel.shard_batch, mesh=mesh),
+    )
+
+
+def _check_finite(
+    config: ml_collections.ConfigDict, workdir: str, host: Callable, state: steps.TrainState
+) -> None:
+    """Raises NonFiniteError if a step's loss or gradient was not finite and
+    `train.on_nonfinite='stop'`; the last good checkpoint is the last one saved."""
+    bad = int(host(state.nonfinite_step))
+    if bad >= 0 and config.train.on_nonfinite == 'stop':
+        names = list(signals.group_by_layer(state.params))
+        raise NonFiniteError(
+            f'non-finite loss or gradient at step {bad} (first non-finite gradient in layer '
+            f'{names[int(host(state.nonfinite_layer))]}); last good checkpoint kept in {workdir}'
+        )
 
 
 def _write_error(error: OSError, workdir: str) -> str:
@@ -446,67 +379,3 @@ def _write_error(error: OSError, workdir: str) -> str:
         )
     reason = error.strerror or error
     return f'cannot write {what} ({reason}); fix its permissions or mount and {resume}'
-
-
-class _PreemptionFlag:
-    """Records SIGTERM (what TPU VMs and most schedulers send before killing a job) instead
-    of dying mid-step; the loop checks it once per step."""
-
-    def __init__(self):
-        self._set = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-class _Throughput:
-    """Steps/sec and ETA from timed steps only. The loop pauses the clock around what is not
-    training (a step that compiles, evaluation) and resumes it after."""
-
-    def __init__(self, step: int):
-        self._step, self._time = step, time.perf_counter()  # Start of the running segment.
-        self._steps, self._seconds = 0, 0.0  # Timed since the last `rate`.
-        self._all_steps, self._all_seconds = 0, 0.0  # Timed in this run: the ETA's rate.
-        self._paused_at = self._time
-
-    def pause(self, step: int) -> None:
-        """Ends the running segment at `step` (device work done: the caller synchronised)."""
-        if self._time is not None:
-            now = time.perf_counter()
-            self._steps += step - self._step
-            self._seconds += now - self._time
-            self._time, self._paused_at = None, now
-
-    def resume(self, step: int) -> float:
-        """Starts a segment at `step`; returns the seconds spent paused."""
-        now = time.perf_counter()
-        paused = now - self._paused_at if self._time is None else 0.0
-        self._step, self._time = step, now
-        return paused
-
-    def rate(self, step: int) -> float | None:
-        """Steps/sec of the timed steps since the last call, or None if there were none."""
-        self.pause(step)
-        steps, seconds = self._steps, self._seconds
-        self._all_steps += steps
-        self._all_seconds += seconds
-        self._steps, self._seconds = 0, 0.0
-        self.resume(step)
-        return steps / seconds if steps and seconds > 0 else None
-
-    def eta(self, remaining_steps: int) -> str:
-        """Time left at this run's timed rate ('?' before any step was timed)."""
-        if not self._all_steps:
-            return '?'
-        return format_seconds(remaining_steps * self._all_seconds / self._all_steps)

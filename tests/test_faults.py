@@ -571,17 +571,3 @@ def test_rerunning_a_finished_run_trains_nothing_and_says_so(reference, tmp_path
     assert int(state.step) == STEPS
     assert any('Already complete' in r.getMessage() for r in caplog.records)
     assert _tree_digest(work) == before
-
-
-def test_throughput_leaves_compiling_steps_and_evals_out(monkeypatch):
-    clock = iter([0.0, 0.0, 30.0, 31.0, 31.0, 41.0, 43.0, 43.0, 43.0])
-    monkeypatch.setattr(train.time, 'perf_counter', lambda: next(clock))
-    t = train._Throughput(0)  # t=0
-    t.pause(0)  # Step 1 compiles: paused at 0 ...
-    assert t.resume(1) == 30.0  # ... resumed at 30 s: 30 s of compile, untimed.
-    assert t.eta(99) == '?'  # Nothing timed yet: no guess.
-    assert t.rate(2) == 1.0  # Step 2 took 1 s.
-    t.pause(12)  # Ten steps in 10 s, then an eval of 2 s ...
-    t.resume(12)
-    assert t.rate(12) == 1.0  # ... not counted.
-    assert t.eta(100) == '1m40s'  # 100 steps at the run's timed 1 step/s.
