@@ -83,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.every_steps = 0  # per-layer signal probes; 0 = off
     c.probes.hessian_every_steps = 0  # curvature probes; 0 = off
+    c.probes.init_angle_every_steps = 0  # per-filter angle from init (resjax/probes/angles.py)
     c.probes.hessian_iters = 20  # max power-iteration HVPs per probe (tol 1e-3, warm start)
     c.probes.hessian_trace_samples = 0  # Hutchinson samples for hessian/trace; 0 = off
     c.probes.hessian_batch = 'current'  # 'current' | 'fixed'
@@ -118,6 +119,7 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
             c.dataset.image_size = 64
         c.probes.every_steps = c.probes.every_steps and 5
         c.probes.hessian_every_steps = c.probes.hessian_every_steps and 5
+        c.probes.init_angle_every_steps = c.probes.init_angle_every_steps and 5
         c.probes.hessian_iters = min(c.probes.hessian_iters, 5)
     return config
 

@@ -76,7 +76,12 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     ):
         if config.train[key] <= 0:
             raise ConfigError(f'train.{key}={config.train[key]} must be positive')
-    for key in ('every_steps', 'hessian_every_steps', 'hessian_trace_samples'):
+    for key in (
+        'every_steps',
+        'hessian_every_steps',
+        'init_angle_every_steps',
+        'hessian_trace_samples',
+    ):
         if config.probes[key] < 0:
             raise ConfigError(f'probes.{key}={config.probes[key]} must be 0 (off) or positive')
     if config.probes.hessian_every_steps and config.probes.hessian_iters <= 0:

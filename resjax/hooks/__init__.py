@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from resjax.hooks import checkpoints, evaluate, init_distance, log, sharpness, signals
+from resjax.hooks import (
+    checkpoints,
+    evaluate,
+    init_angle,
+    init_distance,
+    log,
+    sharpness,
+    signals,
+)
 from resjax.hooks.base import AFTER, BEFORE, STEP, WHEN, Context, Hook, StepData, every_steps
 from resjax.hooks.log import Throughput
 
@@ -24,6 +32,7 @@ HOOKS: tuple[type[Hook], ...] = (
     sharpness.Sharpness,
     init_distance.InitDistance,
     signals.SignalProbes,
+    init_angle.InitAngle,
     log.TrainLog,
     evaluate.Evaluate,
     checkpoints.Checkpoint,
