@@ -8,16 +8,18 @@ mapping, and the other layers are copied from the learned shallower model." `tra
 names the shallower run's workdir; the deeper run then starts from that solution instead of a
 random init, so training it asks whether SGD keeps (or improves on) a solution that exists.
 
-The map, for CIFAR-family nets (6n+2, post-activation): stem and head are copied, block b of each
-stage of the shallow net becomes block b of the same stage, and the blocks appended at the end of
-each stage (stride 1, as many channels in as out) are identities:
+The map, for CIFAR-family nets (6n+2, post-activation), read off the two nets' block layouts
+(`resjax.models.layout`): stem and head are copied, block b of each stage of the shallow net
+becomes block b of the same stage, and the blocks appended at the end of each stage
+(`layout.added_blocks`: stride 1, as many channels in as out) are identities:
 - convolutions: Dirac kernels (1 at the centre tap from channel c to channel c), biases 0;
 - plain block, BN: running mean and variance set to those of the block's input (per channel,
   measured on `CALIBRATION_EXAMPLES` training examples with the shallow net in eval mode), scale
   sqrt(var + eps) and offset mean, so that eval-mode BN is x -> x exactly, and training-mode BN
   (batch statistics) is close to it; the ReLUs pass x because x >= 0 (a ReLU's output);
-- residual block: as plain, but the last BN has scale and offset 0, so F(x) = 0 in both modes
-  and relu(0 + x) = x.
+- residual block: as plain, then its residual branch removed as a lesion removes it (the last
+  BN's scale and offset 0, or without BN the last conv's kernel and bias 0), so F(x) = 0 in both
+  modes and relu(0 + x) = x.
 Eval-mode outputs equal the shallow net's up to float32 rounding (tests/test_blocks.py).
 """
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import Any
 
 import flax
@@ -35,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from resjax import checkpoint, steps
+from resjax import checkpoint, models, steps
 from resjax import workdir as workdir_lib
 
 PyTree = Any
@@ -44,7 +45,6 @@ START_DIR = 'constructed_start'  # In a constructed run's workdir: its step-0 st
 BN_EPSILON = 1e-5  # resjax.models.resnet.Norm's
 # model keys that must agree between the shallow and the deep net.
 SAME_KEYS = ('family', 'residual', 'shortcut', 'norm', 'width', 'preactivation', 'dtype')
-_BLOCK = re.compile(r'\d+_stage(\d+)_block(\d+)$')
 
 
 def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.ConfigDict) -> None:
@@ -88,16 +88,6 @@ def check_source(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _stage_blocks(params: PyTree) -> dict[int, list[str]]:
-    """{stage: [block names in forward order]} of a CIFAR-family parameter tree."""
-    stages: dict[int, list[str]] = {}
-    for name in sorted(params):
-        match = _BLOCK.match(name)
-        if match:
-            stages.setdefault(int(match[1]), []).append(name)
-    return stages
-
-
 def _dirac(kernel: jax.Array) -> jax.Array:
     k, _, cin, cout = kernel.shape
     assert cin == cout, kernel.shape
@@ -105,27 +95,23 @@ def _dirac(kernel: jax.Array) -> jax.Array:
 
 
 def _identity_block(
-    params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array, residual: bool
+    spec: models.BlockSpec, params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array
 ) -> tuple[PyTree, PyTree]:
-    """A block's (params, batch_stats) set to the identity for inputs with these per-channel
-    statistics (module docstring)."""
-    params = flax.core.unfreeze(params)
-    stats = flax.core.unfreeze(stats)
-    convs = sorted(k for k in params if k.startswith('conv'))
-    for name in convs:
-        params[name]['kernel'] = _dirac(params[name]['kernel'])
-        if 'bias' in params[name]:
-            params[name]['bias'] = jnp.zeros_like(params[name]['bias'])
-    for i in range(1, len(convs) + 1):
-        norm = f'norm{i}'
-        if norm not in params:
-            continue  # model.norm='none'
-        zero_branch = residual and i == len(convs)
-        scale = jnp.zeros_like(mean) if zero_branch else jnp.sqrt(var + BN_EPSILON)
-        offset = jnp.zeros_like(mean) if zero_branch else mean
-        params[norm]['bn'] = {'scale': scale, 'bias': offset}
-        stats[norm]['bn'] = {'mean': mean, 'var': var}
-    return params, stats
+    """The deep net's (params, batch_stats) with block `spec` set to the identity for inputs
+    with these per-channel statistics (module docstring)."""
+    flat, flat_stats = (flax.traverse_util.flatten_dict(t, sep='/') for t in (params, stats))
+    for conv in spec.layers:
+        flat[f'{conv}/kernel'] = _dirac(flat[f'{conv}/kernel'])
+        if f'{conv}/bias' in flat:
+            flat[f'{conv}/bias'] = jnp.zeros_like(flat[f'{conv}/bias'])
+    for norm in spec.norms:
+        flat[f'{norm}/scale'] = jnp.sqrt(var + BN_EPSILON)
+        flat[f'{norm}/bias'] = mean
+        flat_stats[f'{norm}/mean'], flat_stats[f'{norm}/var'] = mean, var
+    params = flax.traverse_util.unflatten_dict(flat, sep='/')
+    if spec.residual:
+        params = models.layout.zero_under(params, spec.branch_end)
+    return params, flax.traverse_util.unflatten_dict(flat_stats, sep='/')
 
 
 def block_input_moments(
@@ -158,43 +144,41 @@ def extend(
     shallow_variables: PyTree,
     deep_variables: PyTree,
     images: np.ndarray,
-    residual: bool,
+    shallow_layout: models.Layout,
+    deep_layout: models.Layout,
 ) -> PyTree:
     """Deep {'params', 'batch_stats'} holding the shallow net's solution (module docstring).
-    `deep_variables` gives the deep tree's structure (any init); `images` calibrate BN. With
-    as many blocks as the shallow net, this is the shallow solution itself (a warm restart)."""
+    `deep_variables` gives the deep tree's structure (any init); `images` calibrate BN; the
+    layouts say which blocks correspond. With as many blocks as the shallow net, this is the
+    shallow solution itself (a warm restart)."""
     moments = None  # Measured only if a block is added.
     sp, ss = shallow_variables['params'], shallow_variables.get('batch_stats', {})
     params = flax.core.unfreeze(deep_variables['params'])
     stats = flax.core.unfreeze(deep_variables.get('batch_stats', {}))
-    shallow_stages, deep_stages = _stage_blocks(sp), _stage_blocks(params)
-    for name in params:
-        if not _BLOCK.match(name):  # stem, head
-            shapes = [jax.tree.map(jnp.shape, t[name]) for t in (sp, params)]
-            if shapes[0] != shapes[1]:
-                raise ValueError(
-                    f'train.init_from: layer {name} of the source run has shapes {shapes[0]}, '
-                    f'this run {shapes[1]} (another number of classes or channels?)'
-                )
-            params[name] = sp[name]
-            if name in stats:
-                stats[name] = ss[name]
-    for stage, names in deep_stages.items():
-        source = shallow_stages[stage]
-        for b, name in enumerate(names):
-            if b < len(source):
-                params[name] = sp[source[b]]
-                if name in stats:
-                    stats[name] = ss[source[b]]
-            else:
-                if moments is None:
-                    moments = block_input_moments(shallow_model, shallow_variables, images)
-                mean, var = moments[source[-1]]
-                params[name], block_stats = _identity_block(
-                    params[name], stats.get(name, {}), mean, var, residual
-                )
-                if name in stats:
-                    stats[name] = block_stats
+    blocks = {b.name for b in deep_layout.blocks}
+    for name in [n for n in params if n not in blocks]:  # stem, head
+        shapes = [jax.tree.map(jnp.shape, t[name]) for t in (sp, params)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f'train.init_from: layer {name} of the source run has shapes {shapes[0]}, '
+                f'this run {shapes[1]} (another number of classes or channels?)'
+            )
+        params[name] = sp[name]
+        if name in stats:
+            stats[name] = ss[name]
+    shallow_stages = shallow_layout.stages()
+    added = {b.name for b in models.layout.added_blocks(deep_layout, shallow_layout)}
+    for spec in deep_layout.blocks:
+        source = shallow_stages[spec.stage]
+        if spec.name not in added:
+            params[spec.name] = sp[source[spec.index - 1].name]
+            if spec.name in stats:
+                stats[spec.name] = ss[source[spec.index - 1].name]
+            continue
+        if moments is None:
+            moments = block_input_moments(shallow_model, shallow_variables, images)
+        mean, var = moments[source[-1].name]
+        params, stats = _identity_block(spec, params, stats, mean, var)
     # Every leaf its own buffer: added blocks share their statistics' arrays, and the training
     # step donates the state (one buffer donated twice is an error).
     return jax.tree.map(lambda x: jnp.array(x, copy=True), {'params': params, 'batch_stats': stats})
@@ -283,7 +267,8 @@ def build(
         shallow,
         {'params': state.params, 'batch_stats': state.batch_stats},
         images,
-        config.model.residual,
+        models.model_layout(source.config.model),
+        models.model_layout(config.model),
     )
     state = state.replace(
         params=deep['params'], batch_stats=deep['batch_stats'], opt_state=tx.init(deep['params'])

@@ -749,46 +749,19 @@ def residual_blocks(run: Run) -> list[dict]:
     """The blocks whose residual branch a lesion can remove (none for plain nets), in forward
     order, each with its shortcut kind: 'identity', 'identity_pad' (option A: subsample and
     zero-pad, parameter-free) or 'projection' (a 1x1 conv shortcut, kept)."""
-    if not run.config.model.residual:
-        return []
-    out = []
-    for name, p in sorted(run.state.params.items()):
-        if '_stage' not in name:
-            continue
-        convs = sorted(k for k in p if k.startswith('conv'))
-        c_in = p[convs[0]]['kernel'].shape[-2]
-        c_out = p[convs[-1]]['kernel'].shape[-1]
-        if 'shortcut_conv' in p:
-            kind = 'projection'
-        else:
-            kind = 'identity' if c_in == c_out else 'identity_pad'
-        out.append({'block': name, 'shortcut': kind, 'last_conv': convs[-1]})
-    return out
+    return [
+        {'block': b.name, 'shortcut': b.shortcut, 'last_conv': b.layers[-1].rsplit('/', 1)[-1]}
+        for b in models.model_layout(run.config.model).residual_blocks()
+    ]
 
 
 def lesion_params(run: Run, block: str) -> PyTree:
-    """The run's parameters with `block`'s residual branch removed, its shortcut kept.
-
-    Post-activation blocks with BN end the branch with BN: its scale AND bias are zeroed, so the
-    branch outputs exactly 0 in both BN modes and the block computes relu(shortcut(x)), which is
-    shortcut(x) because x >= 0 is the previous block's ReLU output. Pre-activation blocks and
-    blocks without BN end the branch with a conv: its kernel (and bias) are zeroed. Exact for
-    every block of resjax's models; the shortcut (identity, option A's subsample + zero-pad, or a
-    projection) is untouched.
-    """
-    params = flax.core.unfreeze(jax.tree.map(lambda x: x, run.state.params))
-    info = {b['block']: b for b in residual_blocks(run)}
-    if block not in info:
+    """The run's parameters with `block`'s residual branch removed, its shortcut kept
+    (`resjax.models.layout.lesion`: exact for every block of resjax's models)."""
+    layout = models.model_layout(run.config.model)
+    if block not in {b.name for b in layout.residual_blocks()}:
         raise InspectError(f'{block!r} is not a residual block of {run.workdir!r}')
-    p = params[block]
-    last = info[block]['last_conv']
-    if run.config.model.norm == 'batch' and not run.config.model.preactivation:
-        bn = p['norm' + last[len('conv') :]]['bn']
-        bn['scale'] = jnp.zeros_like(bn['scale'])
-        bn['bias'] = jnp.zeros_like(bn['bias'])
-    else:
-        p[last] = jax.tree.map(jnp.zeros_like, p[last])
-    return params
+    return models.layout.lesion(layout, run.state.params, block)
 
 
 def lesion_numbers(run: Run, opts: Options) -> dict:

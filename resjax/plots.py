@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,15 +104,14 @@ def label_log_axes(fig: Figure) -> None:
 
 
 def stage_of(name: str) -> str:
-    """The part of a resjax model a layer or block belongs to, from its name:
-    '001_stage1_block1/conv1' -> 'stage 1', '000_stem/conv' -> 'stem', 'head/dense' -> 'head';
-    '' for names of other models."""
+    """The part of a resjax model a layer or block belongs to, from its name
+    (`models.layout.parse_name`): '001_stage1_block1/conv1' -> 'stage 1', '000_stem/conv' ->
+    'stem', 'head/dense' -> 'head'; '' for names of other models."""
+    parts = models.layout.parse_name(name)
+    if parts is not None:
+        return f'stage {parts.stage}' if parts.stage else 'stem'
     top = name.split('/', 1)[0]
-    if m := re.fullmatch(r'\d+_stage(\d+)_block\d+', top):
-        return f'stage {m.group(1)}'
-    if re.fullmatch(r'\d+_stem', top):
-        return 'stem'
-    return top if top in ('head', 'logits') else ''
+    return top if top in (models.layout.HEAD, 'logits') else ''
 
 
 def mark_stages(
@@ -398,9 +396,9 @@ def draw_lesion(runs: dict, opts: inspection.Options) -> Figure:
 
 def block_index(name: str, position: int) -> int:
     """k of block k (its forward index, 0 = the stem) from a resjax name ('003_stage2_block1'
-    -> 3); `position` + 1 for names without the index."""
-    head = name.split('_', 1)[0]
-    return int(head) if head.isdigit() else position + 1
+    -> 3, `models.layout.parse_name`); `position` + 1 for names of other models."""
+    parts = models.layout.parse_name(name)
+    return position + 1 if parts is None else parts.position
 
 
 def draw_shattering(runs: dict, opts: inspection.Options) -> Figure:

@@ -109,14 +109,14 @@ def test_init_distance_is_the_relative_distance_per_layer():
 
 
 @pytest.mark.parametrize(
-    'residual,norm', [(False, 'batch'), (True, 'batch'), (False, 'none')], ids=str
+    'residual,norm', [(False, 'batch'), (True, 'batch'), (False, 'none'), (True, 'none')], ids=str
 )
 def test_constructed_deep_net_computes_the_shallow_net(residual, norm):
     shallow, deep = _net(8, residual, norm), _net(20, residual, norm)
     x = jax.random.normal(jax.random.PRNGKey(4), (16, 8, 8, 3))
     sv = _randomise(shallow.init(jax.random.PRNGKey(5), x, train=False), jax.random.PRNGKey(6))
     dv = deep.init(jax.random.PRNGKey(7), x, train=False)
-    built = construct.extend(shallow, sv, dv, np.asarray(x), residual)
+    built = construct.extend(shallow, sv, dv, np.asarray(x), shallow.layout(), deep.layout())
     for col in ('params', 'batch_stats'):
         assert jax.tree.structure(built[col]) == jax.tree.structure(dv.get(col, {}))
     test = jax.random.normal(jax.random.PRNGKey(8), (16, 8, 8, 3))  # Not the calibration set.
@@ -145,7 +145,7 @@ def test_a_source_of_the_same_depth_is_a_warm_restart_of_its_own_solution():
     x = jax.random.normal(jax.random.PRNGKey(4), (16, 8, 8, 3))
     sv = _randomise(net.init(jax.random.PRNGKey(5), x, train=False), jax.random.PRNGKey(6))
     other = net.init(jax.random.PRNGKey(7), x, train=False)  # another init, the same tree
-    built = construct.extend(net, sv, other, np.asarray(x), residual=False)
+    built = construct.extend(net, sv, other, np.asarray(x), net.layout(), net.layout())
     jax.tree.map(np.testing.assert_array_equal, built['params'], sv['params'])
     jax.tree.map(np.testing.assert_array_equal, built['batch_stats'], sv['batch_stats'])
     a = config_lib.default_config().model

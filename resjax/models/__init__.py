@@ -2,7 +2,9 @@
 
 A family is registered by name (`model.family`), as big_vision and init2winit plug models in:
 it validates its keys, builds the Flax module, names the keys that define its parameters (a
-workdir's checkpoints are refused by a run that changes one) and labels runs for figures.
+workdir's checkpoints are refused by a run that changes one), labels runs for figures and
+describes its blocks (`resjax.models.layout`: what lesions, the identity construction and the
+block probes read).
 Adding a family is one `register(ModelFamily(...))` call; nothing else names the families.
 """
 
@@ -17,15 +19,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from resjax.models import layout
 from resjax.models.conv import WEIGHT_GRADS
+from resjax.models.layout import BlockSpec, Layout
 from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 
 __all__ = [
     'FAMILIES',
     'WEIGHT_GRADS',
+    'BlockSpec',
+    'Layout',
     'ModelFamily',
     'ResNet',
     'create_model',
+    'layout',
+    'model_layout',
     'register',
     'resume_critical_keys',
     'run_label',
@@ -49,6 +57,9 @@ class ModelFamily:
       `axis_name` makes BatchNorm average its statistics over that pmap axis.
     architecture_keys: the `model.*` keys that decide the parameters (not how they compute).
     label: `model dict (config.json's 'model') -> short run label`, e.g. 'ResNet-56'.
+    layout: `config.model -> Layout` (already validated): the blocks in forward order, from
+      the family's own description of its modules; None for a family without blocks (it
+      trains and is probed per layer, but cannot be lesioned, constructed or block-probed).
     """
 
     name: str
@@ -56,6 +67,7 @@ class ModelFamily:
     build: Callable[..., nn.Module]
     architecture_keys: tuple[str, ...]
     label: Callable[[dict[str, Any]], str]
+    layout: Callable[[ml_collections.ConfigDict], Layout] | None = None
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -82,6 +94,16 @@ def create_model(
     """Builds the module described by `config.model` (validated first) with its family."""
     validate_model_config(model)
     return FAMILIES[model.family].build(model, num_classes, axis_name, **kwargs)
+
+
+def model_layout(model: ml_collections.ConfigDict) -> Layout:
+    """The block layout of the model `config.model` describes (validated first); ValueError
+    (one line) for a family that describes none."""
+    validate_model_config(model)
+    family = FAMILIES[model.family]
+    if family.layout is None:
+        raise ValueError(f'model.family={model.family!r} describes no block layout')
+    return family.layout(model)
 
 
 def resume_critical_keys() -> tuple[str, ...]:
@@ -125,7 +147,7 @@ def _validate_resnet(model: ml_collections.ConfigDict) -> None:
     if model.scan_blocks and model.weight_grad == 'xla' and jax.default_backend() == 'cpu':
         raise ValueError(
             "model.scan_blocks=True with model.weight_grad='xla' runs the gradient convolutions "
-            "as naive loops on XLA:CPU (~80x slower); use weight_grad='auto'"
+            "as naive loops on XLA:CPU (docs/benchmarks.md); use weight_grad='auto'"
         )
     if model.width <= 0:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
@@ -161,6 +183,10 @@ def _build_resnet(
     )
 
 
+def _resnet_layout(model: ml_collections.ConfigDict) -> Layout:
+    return _build_resnet(model, num_classes=1, axis_name=None).layout()  # No head in a layout.
+
+
 def _resnet_label(model: dict[str, Any]) -> str:
     name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
     return name + (' (no BN)' if model['norm'] == 'none' else '')
@@ -174,5 +200,6 @@ for _name in ('cifar', 'imagenet'):
             build=_build_resnet,
             architecture_keys=('depth', 'residual', 'shortcut', 'norm', 'width', 'preactivation'),
             label=_resnet_label,
+            layout=_resnet_layout,
         )
     )

@@ -7,7 +7,7 @@ is the whole activation map. On the CPU backend that convolution reads its input
 in a cache-hostile order, many times slower than a plain transposing copy, and more so the
 deeper the chain. The 'stored' form computes the same weight gradient from x stored to a
 buffer first (`_materialise`), so the transpose is that plain copy (profiles and step times:
-docs/notes.md, session 4).
+docs/benchmarks.md).
 
 XLA:CPU also puts only top-level convolutions into the dimension order its fast (Eigen)
 convolution needs; inside a `lax.scan` body (`ResNet(scan_blocks=True)`) the two gradient

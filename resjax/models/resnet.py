@@ -9,7 +9,8 @@ One module, `ResNet`, covers both families of the paper:
 
 Submodules are named so that a flattened parameter path sorts in forward order
 (`000_stem/conv`, `001_stage1_block1/conv1`, ..., `head/dense`): per-layer probes can plot a
-depth profile by sorting keys, with no lookup table.
+depth profile by sorting keys, with no lookup table. `ResNet.layout()` says what each block is
+(`resjax.models.layout`), and the module takes its block names and strides from it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from resjax.models import conv as conv_lib
+from resjax.models import layout as layout_lib
 from resjax.probes import signals
 
 # He et al. 2015 ("Delving Deep into Rectifiers") normal init, as the ResNet paper uses.
@@ -120,7 +122,7 @@ class Block(nn.Module):
         last = len(layers)
         if self.preactivation:
             y = nn.relu(norm('norm1')(x, train))
-            shortcut_in = y if _needs_projection(self, x) else x
+            shortcut_in = y if _needs_projection(self, x.shape[-1]) else x
             for i, (features, k, strides) in enumerate(layers, 1):
                 y = conv(features, k, strides, f'conv{i}')(y)
                 if i < last:
@@ -176,8 +178,8 @@ def _out_channels(block: Block) -> int:
     return block.filters * block.expansion
 
 
-def _needs_projection(block: nn.Module, x: jax.Array) -> bool:
-    changes_shape = block.strides != 1 or x.shape[-1] != _out_channels(block)
+def _needs_projection(block: nn.Module, channels_in: int) -> bool:
+    changes_shape = block.strides != 1 or channels_in != _out_channels(block)
     if block.shortcut == 'all_projection':
         return True
     return block.shortcut == 'projection' and changes_shape
@@ -186,7 +188,7 @@ def _needs_projection(block: nn.Module, x: jax.Array) -> bool:
 def _shortcut(block, x, train, conv, norm) -> jax.Array:
     """The paper's shortcut options (§3.3): A zero-pads, B projects when shapes change, C always."""
     out = _out_channels(block)
-    if _needs_projection(block, x):
+    if _needs_projection(block, x.shape[-1]):
         y = conv(out, 1, block.strides, 'shortcut_conv')(x)
         return y if block.preactivation else norm('shortcut_norm')(y, train)
     if block.strides != 1:
@@ -265,6 +267,67 @@ class ResNet(nn.Module):
     weight_grad: str = 'auto'
     scan_blocks: bool = False
 
+    def _block(self, filters: int, **kwargs: Any) -> Block:
+        return BLOCKS[self.block](
+            filters,
+            residual=self.residual,
+            shortcut=self.shortcut,
+            norm=self.norm,
+            preactivation=self.preactivation,
+            zero_init_last=self.zero_init_last,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            weight_grad=self.weight_grad,
+            **kwargs,
+        )
+
+    def layout(self) -> layout_lib.Layout:
+        """The blocks in forward order: the first block of every stage after the first has
+        stride 2; the branch ends at its last BN (post-activation with BN: what F(x) is before
+        the add) or its last conv (pre-activation, or no BN); the shortcut is a projection
+        where `shortcut` asks for one (`_needs_projection`), else option A's parameter-free
+        identity ('identity_pad' where it subsamples or pads)."""
+        specs = []
+        channels = self.widths[0]  # The stem's output.
+        position = 1
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths), 1):
+            for index in range(1, num_blocks + 1):
+                stride = 2 if stage > 1 and index == 1 else 1
+                block = self._block(width, strides=stride, parent=None)
+                out = _out_channels(block)
+                name = layout_lib.block_name(position, stage, index)
+                convs = tuple(f'{name}/conv{i}' for i in range(1, len(block.layers()) + 1))
+                norms = ()
+                if self.norm != 'none':
+                    norms = tuple(f'{name}/norm{i}/bn' for i in range(1, len(convs) + 1))
+                shortcut, end = None, None
+                if self.residual:
+                    if _needs_projection(block, channels):
+                        shortcut = 'projection'
+                    elif stride != 1 or channels != out:
+                        shortcut = 'identity_pad'
+                    else:
+                        shortcut = 'identity'
+                    end = norms[-1] if norms and not self.preactivation else convs[-1]
+                specs.append(
+                    layout_lib.BlockSpec(
+                        name=name,
+                        stage=stage,
+                        index=index,
+                        stride=stride,
+                        channels_in=channels,
+                        channels_out=out,
+                        residual=self.residual,
+                        shortcut=shortcut,
+                        layers=convs,
+                        norms=norms,
+                        branch_end=end,
+                    )
+                )
+                channels = out
+                position += 1
+        return layout_lib.Layout(tuple(specs), stem=layout_lib.STEM, head=layout_lib.HEAD)
+
     def _can_scan(self) -> bool:
         """Scanning needs the blocks' variables to exist and no per-block probe collections."""
         return not (
@@ -306,7 +369,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        block_cls = BLOCKS[self.block]
+        layout = self.layout()
         x = x.astype(self.dtype)
         x = Stem(
             self.family,
@@ -316,31 +379,22 @@ class ResNet(nn.Module):
             self.axis_name,
             self.dtype,
             self.weight_grad,
-            name='000_stem',
+            name=layout.stem,
         )(x, train)
-        index = 1
-        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-            names = [f'{index + b:03d}_stage{stage + 1}_block{b + 1}' for b in range(num_blocks)]
-            block = functools.partial(
-                block_cls,
-                width,
-                residual=self.residual,
-                shortcut=self.shortcut,
-                norm=self.norm,
-                preactivation=self.preactivation,
-                zero_init_last=self.zero_init_last,
-                axis_name=self.axis_name,
-                dtype=self.dtype,
-                weight_grad=self.weight_grad,
-            )
-            x = block(strides=2 if stage > 0 else 1, name=names[0])(x, train)
-            if self.scan_blocks and num_blocks > 2 and self._can_scan():
-                x = self._scan_blocks(block(parent=None), names[1:], x, train)
+        for (first, *rest), width in zip(layout.stages().values(), self.widths):
+            x = self._block(width, strides=first.stride, name=first.name)(x, train)
+            names = [b.name for b in rest]
+            if self.scan_blocks and len(names) > 1 and self._can_scan():
+                x = self._scan_blocks(self._block(width, parent=None), names, x, train)
             else:
-                for name in names[1:]:
-                    x = block(name=name)(x, train)
-            index += num_blocks
+                for name in names:
+                    x = self._block(width, name=name)(x, train)
         x = Head(
-            self.num_classes, self.norm, self.preactivation, self.axis_name, self.dtype, name='head'
+            self.num_classes,
+            self.norm,
+            self.preactivation,
+            self.axis_name,
+            self.dtype,
+            name=layout.head,
         )(x, train)
         return signals.observe(self, 'logits', x.astype(jnp.promote_types(self.dtype, jnp.float32)))

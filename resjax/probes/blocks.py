@@ -4,11 +4,14 @@ They test the usual answers to "why is a residual easier to learn?" (README, "Wh
 asks"): (a) deep blocks only need small changes, which a residual block makes with a small
 branch F(x) while a plain block must build a near-identity out of nonlinear layers; (c) the
 plain net ends up far from where it started. Pure functions of the activations a model sows
-(`resjax.models.resnet`: each stem and block `output`, and a residual block's `branch` F(x) and
-`shortcut`) and of two parameter trees. All norms are L2 over every element, batch included.
+(each stem and block `output`, and a residual block's `branch` F(x) and `shortcut`, as
+`resjax.models.resnet` sows them) and of two parameter trees. The blocks' order is the model's
+layout (`resjax.models.layout.Layout`, any family that describes one); without a layout, the
+sown names in sorted order, which is forward order for resjax's ResNets. All norms are L2 over
+every element, batch included.
 
-Metric names (blocks sort in forward order, e.g. `001_stage1_block1`; `k-1` is the block before,
-the stem for the first block):
+Metric names (`<block>` a block's parameter-tree key, e.g. `001_stage1_block1`; `k-1` is the
+block before, the stem for the first block):
 
 - `branch_ratio/<block>`: ||F(x)|| / ||shortcut(x)||, residual blocks only: the size of the
   residual branch (after its last BN, before the add) against what the shortcut carries.
@@ -32,6 +35,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from resjax.models.layout import Layout
 from resjax.probes import signals
 
 PyTree = Any
@@ -41,14 +45,18 @@ def _flat(tree: PyTree) -> dict[str, Any]:
     return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
 
 
-def block_outputs(intermediates: PyTree) -> list[tuple[str, jax.Array]]:
-    """(name, output) of the stem and of every block, in forward order (names sort so), from
-    a sown 'intermediates' collection; the logits are not a block."""
-    return [
-        (path.rsplit('/', 1)[0], value[0])
-        for path, value in sorted(_flat(intermediates).items())
-        if path.endswith('/output')
-    ]
+def block_outputs(
+    intermediates: PyTree, layout: Layout | None = None
+) -> list[tuple[str, jax.Array]]:
+    """(name, output) of the stem and of every block, in forward order (`layout.names`, or
+    without a layout the sorted names), from a sown 'intermediates' collection; the logits are
+    not a block."""
+    flat = _flat(intermediates)
+    if layout is None:
+        names = sorted(p.rsplit('/', 1)[0] for p in flat if p.endswith('/output'))
+    else:
+        names = list(layout.names)
+    return [(name, flat[f'{name}/output'][0]) for name in names]
 
 
 def to_shape(h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -88,28 +96,32 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
 
 
-def block_signals(intermediates: PyTree) -> dict[str, jax.Array]:
+def block_signals(intermediates: PyTree, layout: Layout | None = None) -> dict[str, jax.Array]:
     """`branch_ratio/`, `block_change/` and `cka/` of every block (module docstring) from the
-    'intermediates' collection of one forward pass (training or eval mode: the caller's)."""
+    'intermediates' collection of one forward pass (training or eval mode: the caller's), the
+    blocks in `layout`'s order (`block_outputs`)."""
     out = {}
-    outputs = block_outputs(intermediates)
+    outputs = block_outputs(intermediates, layout)
     for (_, before), (name, after) in zip(outputs, outputs[1:]):
         start = to_shape(before, after.shape)
         out[f'block_change/{name}'] = _norm(after - start) / _norm(start)
         out[f'cka/{name}'] = linear_cka(before, after)
     flat = _flat(intermediates)
-    for path in sorted(flat):
-        if path.endswith('/branch'):
-            block = path.rsplit('/', 1)[0]
-            out[f'branch_ratio/{block}'] = _norm(flat[path][0]) / _norm(
-                flat[f'{block}/shortcut'][0]
-            )
+    if layout is None:
+        residual = sorted(p.rsplit('/', 1)[0] for p in flat if p.endswith('/branch'))
+    else:
+        residual = [b.name for b in layout.residual_blocks()]
+    for block in residual:
+        out[f'branch_ratio/{block}'] = _norm(flat[f'{block}/branch'][0]) / _norm(
+            flat[f'{block}/shortcut'][0]
+        )
     return out
 
 
-def cka_matrix(intermediates: PyTree) -> tuple[list[str], jax.Array]:
-    """(names, B x B matrix) of linear CKA between every pair of stem and block outputs."""
-    outputs = block_outputs(intermediates)
+def cka_matrix(intermediates: PyTree, layout: Layout | None = None) -> tuple[list[str], jax.Array]:
+    """(names, B x B matrix) of linear CKA between every pair of stem and block outputs, in
+    `block_outputs` order."""
+    outputs = block_outputs(intermediates, layout)
     feats = [h.reshape(h.shape[0], -1) for _, h in outputs]
     matrix = jnp.array([[linear_cka(a, b) for b in feats] for a in feats])
     return [n for n, _ in outputs], matrix

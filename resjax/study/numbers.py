@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from resjax import config_lib, models
 from resjax.probes import signals
 from resjax.study.grid import RunSpec, read_rows, run_state
 
@@ -83,10 +84,17 @@ def run_numbers(run: RunData) -> dict[str, float | int | None]:
 
 def added_blocks(row: dict, source_depth: int) -> list[str]:
     """The blocks of a probe row that a constructed run added to its CIFAR-family source of
-    depth `source_depth`: in each stage, those past the source's (depth - 2) / 6."""
-    per_stage = (source_depth - 2) // 6
+    depth `source_depth`: in each stage, those past the source's blocks in that stage (its
+    layout, `models.model_layout`), read off the row's `block_change/` names
+    (`models.layout.parse_name`)."""
+    source = config_lib.default_config().model
+    source.depth = source_depth
+    per_stage = {s: len(b) for s, b in models.model_layout(source).stages().items()}
     names = {k.split('/', 1)[1] for k in row if k.startswith('block_change/')}
-    return sorted(n for n in names if int(n.rsplit('block', 1)[1]) > per_stage)
+    parts = {n: models.layout.parse_name(n) for n in names}
+    return sorted(
+        n for n, p in parts.items() if p is not None and p.index > per_stage.get(p.stage, 0)
+    )
 
 
 def added_block_drift(run: RunData, source_depth: int) -> dict[int, dict[str, float]]:
