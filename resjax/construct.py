@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from resjax import checkpoint, models, steps
+from resjax import checkpoint, models, runs, steps
 from resjax import workdir as workdir_lib
 
 PyTree = Any
@@ -70,11 +70,9 @@ def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.Co
 def check_source(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError (one line) unless `train.init_from` is a resjax run whose model this
     config's can extend (reads its config.json only: cheap, before anything compiles)."""
-    from resjax import inspection
-
     try:
-        source = inspection.load_config(config.train.init_from)
-    except inspection.InspectError as e:
+        source = runs.load_config(config.train.init_from)
+    except runs.RunError as e:
         raise ValueError(f'train.init_from: {e}') from None
     check_compatible(source.model, config.model)
     for key in ('name', 'num_classes', 'image_shape'):
@@ -247,12 +245,10 @@ def build(
     the constructed solution of the `train.init_from` run's latest checkpoint (optimizer state
     fresh), and `{'workdir', 'step', 'still_training'}` of that source. Raises ValueError (one
     line) for a source that cannot be read or does not fit."""
-    from resjax import inspection  # Reads checkpoints read-only; heavy, so only here.
-
     state = steps.create_train_state(model, tx, image_shape, config.seed)
     try:
-        source = inspection.load_run(config.train.init_from, batch=256)
-    except inspection.InspectError as e:
+        source = runs.load_run(config.train.init_from, batch=256)
+    except runs.RunError as e:
         raise ValueError(f'train.init_from: {e}') from None
     check_compatible(source.config.model, config.model)
     if source.dataset.image_shape != tuple(image_shape):
@@ -260,7 +256,7 @@ def build(
             f'train.init_from: the source run saw images of shape {source.dataset.image_shape}, '
             f'this run {tuple(image_shape)}'
         )
-    images = inspection.train_examples(source, CALIBRATION_EXAMPLES)['image']
+    images = runs.train_examples(source, CALIBRATION_EXAMPLES)['image']
     shallow = {'params': source.state.params, 'batch_stats': source.state.batch_stats}
     deep = extend(
         source.model,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import matplotlib
@@ -20,9 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from resjax import models  # noqa: E402
 from resjax.metrics import read_metrics  # noqa: E402
 from resjax.probes import signals  # noqa: E402
-
-if TYPE_CHECKING:
-    from resjax import inspection
+from resjax.runs import run_label  # noqa: E402
 
 DPI = 100  # Pixels per inch of every PNG (the study's HTML report sizes images from it).
 
@@ -50,16 +48,6 @@ def pick_steps(available: list[int], wanted: list[int] | None) -> list[int]:
     if not wanted:
         return sorted({available[0], available[len(available) // 2], available[-1]})
     return sorted({available[-1] if s == -1 else s for s in wanted if s == -1 or s in available})
-
-
-def run_label(workdir: str) -> str:
-    """A short label from a workdir's config (its model family's, e.g. 'plain-56 (no BN)'),
-    or the workdir's name."""
-    try:
-        with open(os.path.join(workdir, 'config.json')) as f:
-            return models.run_label(json.load(f)['model'])
-    except (OSError, KeyError, ValueError):
-        return os.path.basename(os.path.normpath(workdir))
 
 
 def _jsonable(x: Any) -> Any:
@@ -272,126 +260,9 @@ def plot_signals(workdirs: list[str], out_dir: str, steps: list[int] | None = No
     return paths
 
 
-# ---------------------------------------------------------------------------------------------
-# Inspection figures. Each draws one `resjax.inspection` probe from its numbers alone: `runs` is
-# {run label: that run's numbers (with its 'step')}, as the probe computed them; the figure is
-# returned, and `inspection.run_probe` writes it beside its numbers.
-
-
-def _colors() -> tuple:
+def colors() -> tuple:
+    """The line colours of runs on one panel, in order (matplotlib's tab10)."""
     return plt.cm.tab10.colors
-
-
-def _landscape_settings(opts: inspection.Options) -> str:
-    return (
-        f'{opts.direction} directions, BN {opts.bn_mode} mode, {opts.examples} train examples,'
-        f' biases/BN {opts.biasbn}, seed {opts.seed}'
-    )
-
-
-def _loss_and_accuracy(runs: dict, xlabel: str, title: str, marks: tuple = ()) -> Figure:
-    """Loss (log scale) and accuracy against `alphas`, one line per run; vertical lines at
-    `marks`."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for color, (label, r) in zip(_colors(), runs.items()):
-        ax.plot(r['alphas'], r['loss'], color=color, label=label)
-        ax2.plot(r['alphas'], r['accuracy'], color=color, label=label)
-    for a, ylabel in ((ax, 'mean cross-entropy (nats)'), (ax2, 'accuracy')):
-        for x in marks:
-            a.axvline(x, color='k', lw=0.5)
-        a.set_xlabel(xlabel)
-        a.set_ylabel(ylabel)
-        a.grid(True, alpha=0.3)
-        a.legend(fontsize=8)
-    ax.set_yscale('log')
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def draw_landscape1d(runs: dict, opts: inspection.Options) -> Figure:
-    """1-D loss and accuracy curves along one direction."""
-    title = f'1-D loss landscape, {_landscape_settings(opts)}'
-    return _loss_and_accuracy(runs, f'alpha ({opts.direction} direction)', title)
-
-
-def draw_interpolate(runs: dict, opts: inspection.Options) -> Figure:
-    """Loss and accuracy along the line from the start (0) to each checkpoint (1)."""
-    title = f'Linear interpolation from {opts.to or "initialisation"}, BN {opts.bn_mode} mode'
-    return _loss_and_accuracy(runs, 'alpha (0 = start, 1 = checkpoint)', title, marks=(0, 1))
-
-
-def draw_landscape2d(runs: dict, opts: inspection.Options) -> Figure:
-    """2-D loss contours, filled, with a colour bar of the loss per panel (one panel per run;
-    levels up to 10 nats above the panel's minimum, higher loss in the top colour)."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
-    for ax, (label, r) in zip(axes[0], runs.items()):
-        loss = r['loss']
-        levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 15)
-        filled = ax.contourf(r['xs'], r['ys'], loss.T, levels=levels, cmap='viridis',
-                             extend='max')  # fmt: skip
-        ax.contour(r['xs'], r['ys'], loss.T, levels=levels, colors='k', linewidths=0.4)
-        fig.colorbar(filled, ax=ax, label='mean cross-entropy (nats)', fraction=0.046, pad=0.03)
-        ax.plot(0, 0, 'r+', ms=10, mew=2)
-        ax.set_title(f'{label} (step {r["step"]})', fontsize=10)
-        ax.set_xlabel('alpha (direction 1)')
-        ax.set_ylabel('beta (direction 2)')
-        ax.set_aspect('equal')
-    title = '2-D loss landscape (mean cross-entropy; + = the checkpoint)\n'
-    fig.suptitle(title + _landscape_settings(opts), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def draw_spectrum(runs: dict, opts: inspection.Options) -> Figure:
-    """Hessian eigenvalue density (log), one line per run."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    peak = 0.0
-    for color, (label, r) in zip(_colors(), runs.items()):
-        ax.semilogy(r['grid'], r['density'] + 1e-12, color=color, label=label)
-        peak = max(peak, float(np.max(r['density'])))
-    if peak > 0:  # Six decades below the peak: the 1e-12 floor would otherwise take the axis.
-        ax.set_ylim(peak * 1e-6, peak * 3)
-    ax.set_xlabel('eigenvalue of the Hessian of the mean loss')
-    ax.set_ylabel('density (log)')
-    ax.set_title(f'Hessian eigenvalue density (SLQ), BN {opts.bn_mode} mode')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def draw_lesion(runs: dict, opts: inspection.Options) -> Figure:
-    """Test error with one residual branch removed: one bar per block (hatched: a downsampling
-    or projection shortcut), one colour per run, dashed: the intact net."""
-    most = max(len(r['blocks']) for r in runs.values())
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * most * len(runs)), 4.5), layout='constrained')
-    lesioned = [label for label, r in runs.items() if r['blocks']]
-    width = 0.8 / max(1, len(lesioned))
-    names: list[list[str]] = []
-    for color, (label, r) in zip(_colors(), runs.items()):
-        if not r['blocks']:
-            continue
-        names.append([b['block'] for b in r['blocks']])
-        # Block k at x = k, as the block probes number them (0 = the stem, never lesioned).
-        xs = np.array([block_index(b['block'], j) for j, b in enumerate(r['blocks'])])
-        xs = xs + (lesioned.index(label) - (len(lesioned) - 1) / 2) * width
-        bars = ax.bar(xs, [b['test_error'] for b in r['blocks']], width, color=color, label=label)
-        for bar, b in zip(bars, r['blocks']):
-            if b['shortcut'] != 'identity':
-                bar.set_hatch('//')
-        ax.axhline(r['test_error_intact'], color=color, ls='--', lw=1, label=f'{label} intact')
-    ax.set_xlabel(
-        'removed block k (1 = first block after the stem)\n'
-        'hatched: a downsampling or projection shortcut'
-    )
-    mark_lines(ax, names, lambda ns: [block_index(n, j) for j, n in enumerate(ns)])
-    for label in (label for label in runs if label not in lesioned):
-        ax.plot([], [], ' ', label=f'{label}: no residual blocks')
-    ax.margins(y=0.12)  # Room for the stage names above the bars.
-    ax.set_ylabel('test error')
-    ax.set_title('Lesion: one residual branch removed at a time (BN eval mode)')
-    ax.grid(True, axis='y', alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
 
 
 def block_index(name: str, position: int) -> int:
@@ -399,79 +270,3 @@ def block_index(name: str, position: int) -> int:
     -> 3, `models.layout.parse_name`); `position` + 1 for names of other models."""
     parts = models.layout.parse_name(name)
     return position + 1 if parts is None else parts.position
-
-
-def draw_shattering(runs: dict, opts: inspection.Options) -> Figure:
-    """Input-gradient correlation against distance along input lines, one line per run."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for color, (label, r) in zip(_colors(), runs.items()):
-        ax.plot(r['distance'], r['correlation'], color=color, marker='.', label=label)
-    ax.axhline(0, color='k', lw=0.5)
-    ax.set_xlabel('distance between inputs along a random line (L2, input units)')
-    ax.set_ylabel('mean cosine of input gradients')
-    ax.set_title('Gradient correlation along input lines (Balduzzi et al. 2017), BN eval mode')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def draw_signals(runs: dict, opts: inspection.Options) -> dict[str, tuple[Figure, dict]]:
-    """The `plot_signals.py` profiles of each checkpoint: {'signals/<signal>_profile':
-    (figure, its numbers)}."""
-    rows = {label: {r['step']: r} for label, r in runs.items()}
-    return {
-        f'signals/{s}_profile': profile_figure(rows, s, None)
-        for s in ('grad_norm', 'act_grad_norm', 'act_std', 'gsc')
-    }
-
-
-def draw_blocks(runs: dict, opts: inspection.Options) -> Figure:
-    """The CKA matrix of every pair of stem and block outputs (top row, one panel per run); per
-    block the change it makes and its residual branch ratio, and per layer its distance from
-    init (bottom row; a panel only where some run has the metric). Blocks are numbered as in
-    the CKA matrix: 0 = the stem's output, k = block k's."""
-    panels = [
-        ('block_change', 'change a block makes', '||h_k - P h_(k-1)|| / ||P h_(k-1)||', 'block'),
-        ('branch_ratio', 'residual branch vs shortcut', '||F(x)|| / ||shortcut(x)||', 'block'),
-        ('init_distance', 'distance from init', '||W - W_0|| / ||W_0||', 'layer'),
-    ]
-    panels = [p for p in panels if any(signals.profile(r, p[0])[0] for r in runs.values())]
-    columns = max(len(runs), len(panels), 1)
-    fig = plt.figure(figsize=(4.2 * columns, 8), layout='constrained')
-    top, bottom = fig.subfigures(2, 1)
-    for ax, (label, r) in zip(top.subplots(1, len(runs), squeeze=False)[0], runs.items()):
-        im = ax.imshow(np.array(r['cka_matrix']), vmin=0, vmax=1, cmap='magma', origin='lower')
-        ax.set_title(f'{label}: linear CKA of block outputs (dotted: stages)', fontsize=9)
-        ax.set_xlabel('block k (0 = stem)')
-        ax.set_ylabel('block k (0 = stem)')
-        mark_stages(ax, r['cka_names'], label=False)
-        mark_stages(ax, r['cka_names'], axis='y', label=False)
-        top.colorbar(im, ax=ax, fraction=0.046, label='linear CKA')
-    axes = bottom.subplots(1, max(1, len(panels)), squeeze=False)[0]
-    for ax, (prefix, title, ylabel, kind) in zip(axes, panels):
-        drawn = []
-        for color, (label, r) in zip(_colors(), runs.items()):
-            names, values = signals.profile(r, prefix)
-            if not values:
-                continue
-            xs = (
-                [block_index(n, j) for j, n in enumerate(names)]
-                if kind == 'block'
-                else list(range(len(values)))
-            )
-            ax.plot(xs, values, '.-', color=color, label=label)
-            drawn.append(names)
-        if prefix != 'init_distance':
-            ax.set_yscale('log')
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel('block k (1 = first after the stem)' if kind == 'block'
-                      else 'layer index (0 = stem conv, last = head)')  # fmt: skip
-        blocks = lambda names: [block_index(n, j) for j, n in enumerate(names)]  # noqa: E731
-        mark_lines(ax, drawn, blocks if kind == 'block' else None)
-        ax.grid(True, which='both', alpha=0.3)
-        ax.legend(fontsize=7)
-    examples = next(iter(runs.values()))['examples'] if runs else None
-    fig.suptitle(f'Block probes on {examples} training examples, BN {opts.bn_mode} mode',
-                 fontsize=10)  # fmt: skip
-    return fig

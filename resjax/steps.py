@@ -1,7 +1,7 @@
 """Pure train and eval step functions. `resjax.train` compiles and runs them.
 
-The loss everywhere is the MEAN softmax cross-entropy over the (global) batch; weight decay is
-part of the optimizer, not of this loss.
+The loss is `resjax.objective`'s: the MEAN softmax cross-entropy over the (global) batch;
+weight decay is part of the optimizer, not of this loss.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resjax import objective
 from resjax.probes import blocks, signals
 
 PyTree = Any
@@ -59,17 +60,11 @@ def create_train_state(
     )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy (nats), computed in float32 (or float64 logits' own)."""
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def loss_and_grads(
     model: nn.Module, params: PyTree, batch_stats: PyTree, batch: dict, probes: bool = False
 ) -> tuple[jax.Array, jax.Array, PyTree, PyTree, PyTree]:
     """One training-mode forward and backward pass of the mean cross-entropy
-    (`signals.value_and_grads`).
+    (`objective.mean_cross_entropy`, unmasked; `signals.value_and_grads`).
 
     Returns (loss, logits, new_variables, dL/dparams, dL/dactivations). `new_variables` holds
     the updated 'batch_stats' and, with `probes`, the sown 'intermediates'; the activation
@@ -79,7 +74,7 @@ def loss_and_grads(
         model,
         {'params': params, 'batch_stats': batch_stats},
         (batch['image'],),
-        lambda logits: jnp.mean(cross_entropy(logits, batch['label'])),
+        lambda logits: objective.mean_cross_entropy(logits, batch['label']),
         observe=probes,
         train=True,
     )
@@ -135,8 +130,8 @@ def make_train_step(
             old = state.params, state.batch_stats, state.opt_state
             return (*old, jax.tree.map(jnp.zeros_like, state.params)) if probes else old
 
-        # A conditional, not a jnp.where over every leaf of the state: the select, predicated on
-        # a reduction over all gradients, made the step compile much slower (docs/notes.md).
+        # A conditional, not a jnp.where over every leaf of the state: a select predicated on a
+        # reduction over all gradients compiles much slower (docs/notes.md).
         # The probes' `updates` are only returned when asked for: zeros for every leaf in the
         # skip branch are one more kernel per leaf to compile.
         params, batch_stats, opt_state, *updates = jax.lax.cond(finite, apply, skip, None)
@@ -187,11 +182,6 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
             batch['image'],
             train=False,
         )
-        mask = batch['mask']
-        return {
-            'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-            'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-            'count': jnp.sum(mask),
-        }
+        return objective.eval_sums(logits, batch)
 
     return eval_step

@@ -6,6 +6,9 @@ from __future__ import annotations
 import ml_collections
 
 INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion', 'blocks')
+# The keys of `study.inspect` that are the study's own; every other key is an option of the
+# inspection library (`resjax.inspection.OPTIONS`, which checks them), passed to it as is.
+STUDY_INSPECT_KEYS = ('figures', 'max_depth')
 
 
 def default_study_config() -> ml_collections.ConfigDict:
@@ -27,6 +30,8 @@ def default_study_config() -> ml_collections.ConfigDict:
     s.inspect = ml_collections.ConfigDict()
     s.inspect.figures = INSPECT_FIGURES
     s.inspect.max_depth = 0  # inspect nets up to this depth; 0 = the deepest of the grid
+    # Inspection options the study's configs set (the library's defaults); a config may add
+    # any other, e.g. `config.study.inspect.top_k = 5`.
     s.inspect.examples = 256  # probe examples: the first N of the epoch-0 training order
     s.inspect.batch = 128
     s.inspect.bn_mode = 'eval'  # BN in the spectrum and landscape: running statistics
@@ -37,6 +42,11 @@ def default_study_config() -> ml_collections.ConfigDict:
     s.inspect.range = 1.0  # landscape: coefficients in [-range, range]
     s.inspect.chunk = 8  # landscape: grid points per vmapped call
     return s
+
+
+def inspection_settings(inspect: ml_collections.ConfigDict) -> dict:
+    """The inspection library's options among `study.inspect`'s keys: {option: value}."""
+    return {k: v for k, v in inspect.items() if k not in STUDY_INSPECT_KEYS}
 
 
 def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resjax import data, models, optim, parallel, steps, xla
+from resjax import data, models, objective, optim, parallel, steps, xla
 from resjax.probes import curvature, hessian
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -170,7 +170,7 @@ def main(out_path: str) -> dict:
                 train=True,
                 mutable=['batch_stats'],
             )
-            return jnp.mean(steps.cross_entropy(logits, y))
+            return jnp.mean(objective.cross_entropy(logits, y))
 
         return jax.vmap(loss)(images, labels)
 

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resjax import construct, inspection, landscape, train
+from resjax import construct, inspection, landscape, runs, train
 from resjax import workdir as workdir_lib
+from resjax.inspection import common, interpolate
 from resjax.probes import blocks, curvature
 
 
@@ -112,16 +113,16 @@ def test_interpolating_to_a_run_with_other_parameter_shapes_is_refused():
         state = types.SimpleNamespace(params=params)
         return types.SimpleNamespace(config=config, state=state, workdir=f'run{head}')
 
-    runs = [dataclasses.replace(inspection.Options(), to='other')]
-    original = inspection.load_run
+    opts = dataclasses.replace(inspection.Options(), to='other')
+    original = runs.load_run
     try:
-        inspection.load_run = lambda *a: fake(5)
+        runs.load_run = lambda *a: fake(5)
         with pytest.raises(inspection.InspectError, match='other parameter shapes'):
-            inspection._interpolate_start([fake(10)], runs[0])
-        inspection.load_run = lambda *a: fake(10)
-        assert inspection._interpolate_start([fake(10)], runs[0])['other'] is not None
+            interpolate.interpolate_start([fake(10)], opts)
+        runs.load_run = lambda *a: fake(10)
+        assert interpolate.interpolate_start([fake(10)], opts)['other'] is not None
     finally:
-        inspection.load_run = original
+        runs.load_run = original
 
 
 @pytest.mark.slow
@@ -134,7 +135,7 @@ def test_a_constructed_run_keeps_its_start_when_its_source_is_gone(digits_config
     built.train.init_from = source
     built.train.steps = 3
     train.train_and_evaluate(built, deep)
-    start = jax.device_get(inspection.load_run(deep).initial_state().params)
+    start = jax.device_get(common.initial_state(runs.load_run(deep)).params)
     manager = construct.checkpoint.checkpoint_manager(
         deep, read_only=True, subdir=construct.START_DIR
     )
@@ -149,8 +150,8 @@ def test_a_constructed_run_keeps_its_start_when_its_source_is_gone(digits_config
     rows = [json.loads(line) for line in open(os.path.join(deep, 'metrics.jsonl'))]
     distances = [r['init_distance/global'] for r in rows if 'init_distance/global' in r]
     assert len(distances) == 1
-    run_3 = inspection.load_run(deep, step=3)
+    run_3 = runs.load_run(deep, step=3)
     at_3 = blocks.init_distance(run_3.state.params, start)
     np.testing.assert_allclose(distances[0], at_3['init_distance/global'], rtol=1e-5)
-    again = jax.device_get(run_3.initial_state().params)
+    again = jax.device_get(common.initial_state(run_3).params)
     jax.tree.map(np.testing.assert_array_equal, again, start)

@@ -307,7 +307,7 @@ def test_image_folder_size_mismatch_is_named(tmp_path, monkeypatch, lazy):
 
 
 def test_two_training_steps_end_to_end_on_mock_cifar10(cifar10, tmp_path):
-    from resjax import models, steps, train
+    from resjax import models, objective, train
     from resjax.metrics import read_metrics
 
     c = cifar10
@@ -334,7 +334,7 @@ def test_two_training_steps_end_to_end_on_mock_cifar10(cifar10, tmp_path):
         train=False,
     )
     np.testing.assert_allclose(ev['eval/accuracy'], np.mean(logits.argmax(-1) == labels))
-    loss = np.mean(steps.cross_entropy(logits, labels))
+    loss = np.mean(objective.cross_entropy(logits, labels))
     np.testing.assert_allclose(ev['eval/loss'], loss, rtol=1e-5)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resjax import checkpoint, data, inspection, metrics, train, workdir
+from resjax import checkpoint, data, inspection, metrics, runs, train, workdir
 from resjax.metrics import read_metrics
 
 # orbax 0.12.8 closes the event loop of a failed restore while TensorStore reads it started
@@ -441,7 +441,7 @@ def test_a_refused_run_changes_nothing_and_bad_workdir_files_are_named(reference
     with pytest.raises(train.ConfigError, match='cannot be restored'):
         train.train_and_evaluate(config, str(work))
     assert _tree_digest(work) == before
-    assert inspection.load_run(str(work)).step == STEPS
+    assert runs.load_run(str(work)).step == STEPS
 
     # A malformed row mid-file (not a torn last line): named, the file untouched.
     config = _config_of(work)
@@ -544,7 +544,7 @@ def test_inspection_reads_a_relative_workdir_and_survives_a_deleted_latest_step(
 ):
     shutil.copytree(reference, tmp_path / 'run')
     monkeypatch.chdir(tmp_path)
-    assert inspection.load_run('run').step == STEPS  # orbax needs absolute paths.
+    assert runs.load_run('run').step == STEPS  # orbax needs absolute paths.
     # A live run saves STEPS + EVERY and deletes STEPS between our listing and our read.
     held_step = checkpoint.held_step
 
@@ -554,12 +554,12 @@ def test_inspection_reads_a_relative_workdir_and_survives_a_deleted_latest_step(
         return held_step(workdir, step)
 
     monkeypatch.setattr(checkpoint, 'held_step', deleted_while_listed)
-    assert inspection.load_run('run').step == STEPS - EVERY  # The latest that exists now.
+    assert runs.load_run('run').step == STEPS - EVERY  # The latest that exists now.
     shutil.copytree(
         reference / 'checkpoints' / str(STEPS), tmp_path / 'run' / 'checkpoints' / str(STEPS)
     )
     with pytest.raises(inspection.InspectError, match=f'step {STEPS} .*disappeared'):
-        inspection.load_run('run', step=STEPS)
+        runs.load_run('run', step=STEPS)
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_says_so(reference, tmp_path, caplog):

@@ -19,7 +19,16 @@ import pytest
 from absl import flags
 from jax.flatten_util import ravel_pytree
 
-from resjax import config_lib, inspection, landscape, train, xla
+from resjax import config_lib, inspection, landscape, runs, train, xla
+from resjax.inspection import (
+    common,
+    interpolate,
+    landscape1d,
+    landscape2d,
+    lesion,
+    shattering,
+    signals,
+)
 from resjax.probes import curvature
 
 SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'inspect_checkpoint.py')
@@ -48,7 +57,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run(workdir):
-    return inspection.load_run(workdir, batch=OPTS.batch)
+    return runs.load_run(workdir, batch=OPTS.batch)
 
 
 def _hashes(root):
@@ -99,21 +108,21 @@ def _rescaled(run, c):
 
 
 def test_normalised_1d_curve_is_invariant_to_conv_filter_scale(run):
-    a = inspection.landscape_1d(run, OPTS)
-    b = inspection.landscape_1d(_rescaled(run, 3.0), OPTS)
+    a = landscape1d.landscape_1d(run, OPTS)
+    b = landscape1d.landscape_1d(_rescaled(run, 3.0), OPTS)
     assert np.ptp(a['loss']) > 0.1  # The curve is not flat: the test can fail.
     np.testing.assert_allclose(a['loss'], b['loss'], rtol=2e-4)
 
 
 def test_landscape_origin_is_the_eval_loss_on_the_same_examples(run):
-    batches = inspection.probe_batches(run, OPTS)
-    base = inspection.evaluate(run, batches)
-    r = inspection.landscape_2d(run, dataclasses.replace(OPTS, grid=3))
+    batches = common.probe_batches(run, OPTS)
+    base = common.evaluate(run, batches)
+    r = landscape2d.landscape_2d(run, dataclasses.replace(OPTS, grid=3))
     assert r['loss'].shape == (3, 3)
     np.testing.assert_allclose(r['loss'][1, 1], base['loss'], rtol=1e-5)
     np.testing.assert_allclose(r['accuracy'][1, 1], base['accuracy'])
     # Direct: mean cross-entropy in BN eval mode over those 48 examples.
-    ex = inspection.train_examples(run, OPTS.examples)
+    ex = runs.train_examples(run, OPTS.examples)
     variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
     logits = run.model.apply(variables, jnp.asarray(ex['image']), train=False)
     loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ex['label'][:, None], 1))
@@ -121,48 +130,45 @@ def test_landscape_origin_is_the_eval_loss_on_the_same_examples(run):
 
 
 def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
-    batches = inspection.probe_batches(run, OPTS)
-    r = inspection.interpolation(run, OPTS)
+    batches = common.probe_batches(run, OPTS)
+    r = interpolate.interpolation(run, OPTS)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
-    init = dataclasses.replace(run, state=xla.run_once(run.initial_state))
-    np.testing.assert_allclose(loss[0.0], inspection.evaluate(init, batches)['loss'], rtol=1e-5)
-    np.testing.assert_allclose(loss[1.0], inspection.evaluate(run, batches)['loss'], rtol=1e-5)
+    init = dataclasses.replace(run, state=xla.run_once(lambda: common.initial_state(run)))
+    np.testing.assert_allclose(loss[0.0], common.evaluate(init, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[1.0], common.evaluate(run, batches)['loss'], rtol=1e-5)
     assert r['alphas'][0] == -0.5 and r['alphas'][-1] == 1.5
-    other = inspection.load_run(workdir, step=3, batch=OPTS.batch)
-    r = inspection.interpolation(run, OPTS, other)
+    other = runs.load_run(workdir, step=3, batch=OPTS.batch)
+    r = interpolate.interpolation(run, OPTS, other)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
-    np.testing.assert_allclose(loss[0.0], inspection.evaluate(other, batches)['loss'], rtol=1e-5)
+    np.testing.assert_allclose(loss[0.0], common.evaluate(other, batches)['loss'], rtol=1e-5)
 
 
 def _lesioned(run, block):
-    state = run.state.replace(params=inspection.lesion_params(run, block))
+    state = run.state.replace(params=lesion.lesion_params(run, block))
     return dataclasses.replace(run, state=state)
 
 
 def test_lesion_removes_exactly_the_residual_branch(run):
-    blocks = inspection.residual_blocks(run)
+    blocks = lesion.residual_blocks(run)
     assert [b['shortcut'] for b in blocks] == ['identity', 'identity_pad', 'identity_pad']
     name = blocks[0]['block']
     # The block's output is its input: branch gone, identity shortcut kept.
-    images = jnp.asarray(inspection.train_examples(run, 8)['image'])
+    images = jnp.asarray(runs.train_examples(run, 8)['image'])
     lesioned = _lesioned(run, name)
     variables = {'params': lesioned.state.params, 'batch_stats': run.state.batch_stats}
     _, inter = run.model.apply(variables, images, train=False, mutable=['intermediates'])
     inter = inter['intermediates']
     np.testing.assert_array_equal(inter[name]['output'][0], inter['000_stem']['output'][0])
     # A real lesion changes the test loss; one of a block whose branch is already zero does not.
-    batches = inspection.test_batches(run)
-    intact = inspection.evaluate(run, batches)['loss']
-    assert abs(inspection.evaluate(lesioned, batches)['loss'] - intact) > 1e-3
+    batches = runs.test_batches(run)
+    intact = common.evaluate(run, batches)['loss']
+    assert abs(common.evaluate(lesioned, batches)['loss'] - intact) > 1e-3
     zero_branch = dataclasses.replace(run, state=lesioned.state)
     again = _lesioned(zero_branch, name)
-    assert (
-        inspection.evaluate(again, batches)['loss']
-        == inspection.evaluate(zero_branch, batches)['loss']
-    )
+    assert common.evaluate(again, batches)['loss'] == common.evaluate(zero_branch, batches)['loss']
     plain = run.config.copy_and_resolve_references()
     plain.model.residual = False
-    assert inspection.residual_blocks(dataclasses.replace(run, config=plain)) == []
+    assert lesion.residual_blocks(dataclasses.replace(run, config=plain)) == []
 
 
 def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):
@@ -185,8 +191,8 @@ def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):
         assert image.shape[:2] == (h, w), name
         assert image.std() > 0.01  # Not blank.
     with open(os.path.join(out, 'landscape2d.json')) as f:
-        runs = json.load(f)['runs']
-    assert len(runs) == 2 and all('convexity' in r for r in runs.values())
+        numbers = json.load(f)['runs']
+    assert len(numbers) == 2 and all('convexity' in r for r in numbers.values())
     npz = np.load(os.path.join(out, 'landscape2d.npz'))
     assert json.loads(str(npz['settings']))['seed'] == 0
 
@@ -201,9 +207,9 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and 'nope' in lines[0] and 'does not exist' in lines[0], proc.stderr
     with pytest.raises(inspection.InspectError, match='no config.json'):
-        inspection.load_run(str(tmp_path))
+        runs.load_run(str(tmp_path))
     with pytest.raises(inspection.InspectError, match=r'step 5 not found.*\[3, 6\]'):
-        inspection.load_run(workdir, step=5)
+        runs.load_run(workdir, step=5)
     other = tmp_path / 'other'
     shutil.copytree(workdir, other)
     with open(other / 'config.json') as f:
@@ -212,7 +218,7 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
     with open(other / 'config.json', 'w') as f:
         json.dump(config, f)
     with pytest.raises(inspection.InspectError, match='does not match its config.json model'):
-        inspection.load_run(str(other))
+        runs.load_run(str(other))
 
 
 def test_the_script_logs_no_orbax_records(workdir, tmp_path):
@@ -241,7 +247,7 @@ def test_host_lanczos_finds_the_extremes_of_a_known_spectrum():
 def _mean_loss(run, num, train=False):
     """An independent mean cross-entropy over the first `num` probe examples as one unpadded
     batch, BN in eval (or train) mode: (flat params -> (loss, logits), flat params, unravel)."""
-    ex = inspection.train_examples(run, num)
+    ex = runs.train_examples(run, num)
     images, labels = jnp.asarray(ex['image']), jnp.asarray(ex['label'])
     flat, unravel = ravel_pytree(run.state.params)
 
@@ -288,7 +294,7 @@ def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
     )
     spectrum = inspection.run_probe('spectrum', [run], str(tmp_path), opts)[run.label]
     assert spectrum['order'] == 8 and spectrum['ritz_max'] <= numbers['lambda_max'] * 1.5
-    directions, info = inspection.landscape_directions(
+    directions, info = landscape1d.landscape_directions(
         run, dataclasses.replace(opts, direction='eigen'), 2
     )
     assert info['eigenvalues'] == top  # Same seed and order: the same Lanczos run.
@@ -306,7 +312,7 @@ def test_hessian_spectrum_and_eigen_directions_probes(run, tmp_path):
 
 
 def test_gradient_direction_is_the_mean_loss_gradient(run):
-    directions, info = inspection.landscape_directions(
+    directions, info = landscape1d.landscape_directions(
         run, dataclasses.replace(OPTS, direction='gradient'), 1
     )
     loss, flat, _ = _mean_loss(run, OPTS.examples)
@@ -320,9 +326,9 @@ def test_gradient_direction_is_the_mean_loss_gradient(run):
 
 
 def test_signal_metrics_are_the_gradient_norms_of_the_mean_loss(run):
-    ex = inspection.train_examples(run, OPTS.batch)
+    ex = runs.train_examples(run, OPTS.batch)
     batch = {'image': jnp.asarray(ex['image']), 'label': jnp.asarray(ex['label'])}
-    metrics = inspection.signal_metrics(run, batch)
+    metrics = signals.signal_metrics(run, batch)
     # Independently: jax.grad of the mean loss in BN training mode, norm per layer.
     loss, flat, unravel = _mean_loss(run, OPTS.batch, train=True)
     (value, logits), grad = xla.run_once(jax.value_and_grad(loss, has_aux=True), flat)
@@ -345,9 +351,9 @@ def test_signal_metrics_are_the_gradient_norms_of_the_mean_loss(run):
 
 def test_gradient_correlation_is_the_mean_cosine_of_input_gradients(run):
     opts = dataclasses.replace(OPTS, examples=3, shatter_points=6, shatter_radius=1.5)
-    r = inspection.gradient_correlation(run, opts)
+    r = shattering.gradient_correlation(run, opts)
     # Independently, one input at a time: g(t) = d logit_y / dx at x + t u, then numpy cosines.
-    ex = inspection.train_examples(run, 3)
+    ex = runs.train_examples(run, 3)
     u = np.array(jax.random.normal(jax.random.PRNGKey(opts.seed + 3), ex['image'].shape))
     u /= np.linalg.norm(u.reshape(3, -1), axis=1).reshape(-1, 1, 1, 1)
     variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}

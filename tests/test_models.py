@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resjax import config_lib, models, steps, xla
+from resjax import config_lib, models, objective, steps, xla
 from resjax.probes import hessian, signals
 
 
@@ -171,7 +171,7 @@ def test_scanned_blocks_compute_what_the_unrolled_loop_does(x64, overrides, shap
         logits, new = model.apply(
             {**variables, 'params': params}, x, train=True, mutable=['batch_stats']
         )
-        return jnp.mean(steps.cross_entropy(logits, labels)), new
+        return jnp.mean(objective.cross_entropy(logits, labels)), new
 
     def run(model):
         (value, new), grads = jax.value_and_grad(functools.partial(loss, model), has_aux=True)(

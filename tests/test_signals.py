@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from resjax import config_lib, data, models, plots, steps, train, xla
+from resjax import config_lib, data, models, objective, plots, steps, train, xla
 from resjax.probes import signals
 
 
@@ -83,7 +83,7 @@ def test_activation_gradients_match_finite_differences():
                 batch['image'],
                 train=True,
             )
-            return jnp.mean(steps.cross_entropy(logits, batch['label']))
+            return jnp.mean(objective.cross_entropy(logits, batch['label']))
 
         for block in ('000_stem', '002_stage2_block1'):
             d = jax.random.normal(jax.random.PRNGKey(1), zeros[block]['output'].shape, jnp.float64)
@@ -213,7 +213,7 @@ def test_any_model_signals_match_plain_jax_gradients():
     net, key = _AnyNet(), jax.random.PRNGKey(0)
     x, y = jax.random.normal(key, (8, 5)), jnp.arange(8) % 3
     variables = net.init(key, x, train=False)
-    loss = lambda out: jnp.mean(steps.cross_entropy(out, y))
+    loss = lambda out: jnp.mean(objective.cross_entropy(out, y))
     assert signals.layer_order(net, variables, (x,), train=False) == ['z_in', 'm_norm', 'a_out']
     m = signals.measure(net, variables, (x,), loss, taps=['m_norm'], train=False)
 

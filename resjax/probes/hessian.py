@@ -1,7 +1,7 @@
 """The loss whose curvature resjax probes, and the sharpness probe the train loop runs.
 
-The probed loss is the MEAN cross-entropy over the probe examples, without weight decay (that
-belongs to the optimizer). BatchNorm has two documented modes (`probes.bn_mode`):
+The probed loss is `resjax.objective.mean_loss`: the MEAN cross-entropy over the probe examples,
+without weight decay, BatchNorm in one of two modes (`probes.bn_mode`):
 
 - 'train': batch statistics of the probe batch, running statistics left untouched
   (init2winit's choice; the loss the optimizer actually descends);
@@ -17,48 +17,29 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from resjax import objective
 from resjax.probes import curvature
-from resjax.steps import cross_entropy
 
 PyTree = Any
-BN_MODES = ('train', 'eval')
-
-
-def probe_logits(model: nn.Module, variables: PyTree, batch: dict, bn_mode: str) -> jax.Array:
-    """The model's logits on `batch['image']` at `variables` ({'params', 'batch_stats'}), BN in
-    `bn_mode` ('train': the batch's own statistics, the updated running ones discarded;
-    'eval': the running statistics)."""
-    if bn_mode == 'train':
-        return model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])[0]
-    return model.apply(variables, batch['image'], train=False)
+BN_MODES = objective.BN_MODES
 
 
 @functools.cache
 def probe_loss(model: nn.Module, bn_mode: str = 'train') -> Callable[..., jax.Array]:
-    """`loss(params, batch, batch_stats)`: the mean cross-entropy over `batch` (weighted by
-    `batch['mask']` if present), in the form `curvature.Hessian` takes (`state=batch_stats`).
-
-    One function per (model, bn_mode), so every probe of a model shares its compiles. `bn_mode`
-    as in the module docstring; in neither mode does the probe change `batch_stats`.
+    """`loss(params, batch, batch_stats)`: `objective.mean_loss` (the mean cross-entropy over
+    `batch`, weighted by `batch['mask']` if present), in the form `curvature.Hessian` takes
+    (`state=batch_stats`). `bn_mode` as in the module docstring; in neither mode does the probe
+    change `batch_stats`. One function per (model, bn_mode), so every probe of a model shares
+    its compiles.
     """
-    if bn_mode not in BN_MODES:
-        raise ValueError(f'probes.bn_mode={bn_mode!r} is unknown; use one of {BN_MODES}')
+    objective.check_bn_mode(bn_mode, 'probes.bn_mode')
     if getattr(model, 'scan_blocks', False) and jax.default_backend() == 'cpu':
         # Same numbers, unrolled: the forward-mode convolutions of an HVP, inside a loop body,
         # are not in the layout XLA:CPU's fast convolution needs (docs/notes.md).
         model = model.clone(scan_blocks=False)
-
-    def loss(params, batch, batch_stats):
-        logits = probe_logits(model, {'params': params, 'batch_stats': batch_stats}, batch, bn_mode)
-        per_example = cross_entropy(logits, batch['label'])
-        if 'mask' in batch:
-            return jnp.sum(per_example * batch['mask']) / jnp.sum(batch['mask'])
-        return jnp.mean(per_example)
-
-    return loss
+    return objective.mean_loss(model, bn_mode)
 
 
 def mean_loss_fn(
@@ -88,8 +69,8 @@ def make_sharpness_probe(
     dominant eigenvalue mu < 0, a second run on H - mu I finds the top).
 
     A thin wrapper of `curvature`: its loops run on the host around one jitted HVP (on
-    XLA:CPU a convolution's gradient inside a `lax` loop body is dozens of times slower,
-    docs/notes.md), and on this single batch the gradient is linearised once per probe.
+    XLA:CPU a convolution's gradient inside a `lax` loop body is far slower, docs/notes.md),
+    and on this single batch the gradient is linearised once per probe.
     """
     loss = probe_loss(model, bn_mode)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from resjax.study_config import INSPECT_FIGURES, default_study_config
+from resjax.study_config import INSPECT_FIGURES, default_study_config, inspection_settings
 
 SELECTOR_KEYS = ('depth', 'residual', 'norm', 'seed')
 
@@ -123,9 +123,6 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
     unknown = sorted(set(s.keys()) - known)
     if unknown:
         raise StudyError(f'unknown study key(s) {unknown}; known: {sorted(known)}')
-    unknown = sorted(set(s.inspect.keys()) - set(default_study_config().inspect.keys()))
-    if unknown:
-        raise StudyError(f'unknown study.inspect key(s) {unknown}')
     for key in ('depths', 'residual', 'norms', 'seeds'):
         if not isinstance(s[key], tuple | list) or not s[key]:
             raise StudyError(f'study.{key}={s[key]!r} must be a non-empty tuple')
@@ -144,13 +141,7 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
             raise StudyError(f'study.inspect.figures has {name!r}; use some of {INSPECT_FIGURES}')
     if s.inspect.max_depth < 0:
         raise StudyError(f'study.inspect.max_depth={s.inspect.max_depth} must be >= 0')
-    for key in ('examples', 'batch', 'lanczos_order', 'slq_draws', 'grid', 'chunk'):
-        if s.inspect[key] <= 0:
-            raise StudyError(f'study.inspect.{key}={s.inspect[key]} must be positive')
-    if s.inspect.grid < 3:
-        raise StudyError(f'study.inspect.grid={s.inspect.grid} must be at least 3')
-    if s.inspect.bn_mode not in ('eval', 'train'):
-        raise StudyError(f'study.inspect.bn_mode={s.inspect.bn_mode!r}; use eval or train')
+    _check_inspection(s.inspect)
     if not 0 <= s.degradation_margin < 1:
         raise StudyError(f'study.degradation_margin={s.degradation_margin} must be in [0, 1)')
     for text in s.overrides:
@@ -164,3 +155,15 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
             )
     for text in s.exclude:
         parse_selector(text, f'study.exclude entry {text!r}')
+
+
+def _check_inspection(inspect: ml_collections.ConfigDict) -> None:
+    """The inspection library's check of the options in `study.inspect` (unknown ones
+    included), for the figures the study draws, as a StudyError."""
+    from resjax import inspection  # The probes and matplotlib: only where a study is checked.
+
+    try:
+        opts = inspection.make_options(inspection_settings(inspect), 'study.inspect key')
+        inspection.check_options(opts, list(inspect.figures), prefix='study.inspect.')
+    except inspection.InspectError as e:
+        raise StudyError(str(e)) from None

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from resjax import models, train
+from resjax import models, study_config, train
 from resjax.metrics import read_metrics
 from resjax.study.config import (
     Override,
@@ -23,18 +23,6 @@ from resjax.study.config import (
 )
 
 DIVERGED = 'DIVERGED'
-# study.inspect keys passed to the inspection library's Options (the rest are study's own).
-INSPECT_OPTIONS = (
-    'examples',
-    'batch',
-    'bn_mode',
-    'seed',
-    'lanczos_order',
-    'slq_draws',
-    'grid',
-    'range',
-    'chunk',
-)
 # In `<workdir>/inspect/<figure>/`: the inputs of its last drawing, and why the last attempt
 # to draw it failed (removed once it is drawn).
 INPUTS_FILE = 'study_inputs.json'
@@ -244,7 +232,7 @@ def inspection_inputs(
     return {
         'runs': [os.path.relpath(s.workdir, workdir) for s in ready],
         'steps': [s.config.train.steps for s in ready],
-        'options': {k: inspect_config[k] for k in INSPECT_OPTIONS},
+        'options': study_config.inspection_settings(inspect_config),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from resjax import plots, train
+from resjax import plots, study_config, train
 from resjax.logs import format_seconds
 from resjax.study import claims
 from resjax.study.config import StudyError
@@ -27,7 +27,6 @@ from resjax.study.grid import (
     DIVERGED,
     ERROR_FILE,
     INPUTS_FILE,
-    INSPECT_OPTIONS,
     RunSpec,
     expand_grid,
     inspection_inputs,
@@ -223,11 +222,6 @@ def _train_one(
     return seconds, state
 
 
-def inspect_options(inspect_config: ml_collections.ConfigDict) -> dict:
-    """The inspection library's Options fields taken from `study.inspect`."""
-    return {k: inspect_config[k] for k in INSPECT_OPTIONS}
-
-
 def run_inspection(
     inspect_config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str
 ) -> dict[str, str]:
@@ -238,7 +232,9 @@ def run_inspection(
     figure if it is stale). Returns {figure: error message} of the figures not drawn."""
     from resjax import inspection  # Import here: the study's training part does not need it.
 
-    opts = inspection.Options(**inspect_options(inspect_config))
+    opts = inspection.make_options(
+        study_config.inspection_settings(inspect_config), 'study.inspect key'
+    )
     errors = {}
     for figure, targets in inspection_targets(specs, inspect_config.max_depth).items():
         if figure not in inspect_config.figures:
