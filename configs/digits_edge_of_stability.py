@@ -7,7 +7,7 @@ again once the training loss nears zero, as Cohen et al. report (their Appendix 
   python scripts/train.py --config configs/digits_edge_of_stability.py \
       --config.train.lr=0.1 --workdir runs/eos_lr0.1
 
-Measured (2-core CPU, 2026-11-26; metrics.jsonl 'hessian/lambda_max' vs 'hessian/two_over_lr'):
+Measured (metrics.jsonl 'hessian/lambda_max' vs 'hessian/two_over_lr'):
 lr 0.2 (2/lr = 10): 21.9 at init, 1.3 after the first steps' catapult, then 3.9, 8.2, 7.5,
 8.75 at step 125 (loss 0.76 -> 0.04), then down to 1.8 by step 425 (loss 8e-4).
 lr 0.1 (2/lr = 20): 21.9, 53.9, then 20.2 and 19.7 at steps 50 and 75, then 11-14.

@@ -1,7 +1,7 @@
 """ResNet-20 on scikit-learn's bundled digits (1,438 train / 359 test 8x8 images).
 
-The offline default: no download, no TensorFlow. Reaches ~98% test accuracy in about 2
-minutes on 2 CPU cores.
+The offline default: no download, no TensorFlow. Reaches ~98% test accuracy (its run time:
+docs/benchmarks.md).
 
   python scripts/train.py --config configs/digits_resnet20.py --workdir runs/digits
   python scripts/train.py --config configs/digits_resnet20.py:smoke --workdir /tmp/smoke

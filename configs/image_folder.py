@@ -1,7 +1,7 @@
 """ResNet-18 on a local image folder laid out as <root>/<split>/<label>/<image>
 (splits 'train' and 'test'), 64x64 random-resized crops: the tf.data loader (the `tfds` extra).
 With --config.dataset.augment=cifar a folder of same-sized images is decoded into memory instead
-(no TensorFlow; README, `dataset.loader`).
+(no TensorFlow; docs/config.md, `dataset.loader`).
 
   python scripts/train.py --config configs/image_folder.py --workdir runs/folder \
       --config.dataset.data_dir=/path/to/root

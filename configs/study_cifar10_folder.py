@@ -10,7 +10,7 @@ or JPEG files of 32x32; several public repositories hold such a dump), read by t
 Runs: plain-20, ResNet-20, plain-56, ResNet-56 (BatchNorm, option A), and plain-56 built from
 the trained plain-20 (its blocks copied, the 18 added blocks identities: resjax/construct.py),
 trained further with the same recipe. What is reduced from the paper (64k steps of batch 128,
-widths 16/32/64) so that the study fits in about an hour on 2 CPU cores: widths halved
+widths 16/32/64) so that the study fits a 2-core CPU (docs/benchmarks.md): widths halved
 (8/16/32, `model.width=0.5`) and 800 steps of batch 128 (about 2 epochs) on a cosine schedule.
 Degradation shows early in training (He et al. 2015, Fig. 1 and 6: the plain nets' curves
 separate from the start), so a short budget can pose the question; it cannot reach the paper's
@@ -50,9 +50,10 @@ def get_config(arg=None):
     config.study.norms = ('batch',)
     config.study.seeds = (0,)
     config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
-    # No lesion or 2-D landscape figures: on 2 cores they cost ~10 minutes (27 evaluations of the
-    # 10,000 test images at depth 56) and ~23 minutes (81 grid points x 512 examples x 2 nets);
-    # add 'lesion' or 'landscape2d' to study.inspect.figures to draw them.
+    # No lesion or 2-D landscape figures: on a CPU they cost more than the rest of the
+    # inspection (27 evaluations of the 10,000 test images at depth 56; 81 grid points x 512
+    # examples x 2 nets; docs/benchmarks.md); add 'lesion' or 'landscape2d' to
+    # study.inspect.figures to draw them.
     config.study.inspect.figures = ('spectrum', 'blocks')
     config.study.inspect.examples = 512
     config.study.inspect.batch = 256

@@ -4,7 +4,7 @@
   python scripts/study.py --config configs/study_digits.py:smoke --workdir /tmp/study_smoke
 
 Plain and residual CIFAR-family nets at depths 20 and 56, with BatchNorm and without, one seed,
-the same optimizer and step budget (8 runs, ~20 minutes on 2 CPU cores), then the
+the same optimizer and step budget (8 runs; run time: docs/benchmarks.md), then the
 inspection figures (Hessian spectrum, 2-D loss landscape, lesions) of the deepest nets. The
 file is also an ordinary training config (the grid's base): any single run of the grid trains
 alone with
@@ -12,10 +12,11 @@ alone with
   python scripts/train.py --config configs/study_digits.py --workdir runs/plain56 \
       --config.model.depth=56 --config.model.residual=False
 
-`study.*` keys (resjax/study.py): `depths`, `residual`, `norms`, `seeds` (the grid, a product),
-`exclude` (grid points left out, 'depth=110 residual=false'), `overrides` (per-run changes,
-'norm=none -> train.lr=0.02'), `degradation_margin` (the rule that decides "degradation
-reproduced"), `inspect` (sizes of the inspection figures, `max_depth` of the nets inspected).
+`study.*` keys (resjax/study/__init__.py, docs/study.md): `depths`, `residual`, `norms`,
+`seeds` (the grid, a product), `exclude` (grid points left out, 'depth=110 residual=false'),
+`overrides` (per-run changes, 'norm=none -> train.lr=0.02'), `degradation_margin` (the rule
+that decides "degradation reproduced"), `inspect` (sizes of the inspection figures,
+`max_depth` of the nets inspected).
 """
 
 from resjax import config_lib, study_config
@@ -26,7 +27,7 @@ def get_config(arg=None):
     config.dataset.name = 'digits'
     config.dataset.augment = 'none'  # 8x8 digits: crops and flips change the class.
     # Budget: 300 steps of batch 64 (~13 epochs of 1,438 images), so that the 8 runs and the
-    # inspection fit in ~30 minutes on 2 CPU cores (depth-56 runs dominate: compile ~2 min).
+    # inspection fit a laptop CPU (depth-56 runs dominate; timings in docs/benchmarks.md).
     config.train.steps = 300
     config.train.batch_size = 64
     config.train.eval_batch_size = 360

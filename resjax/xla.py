@@ -1,4 +1,5 @@
-"""XLA-specific knobs; the measurements that justify each are in docs/notes.md."""
+"""XLA-specific knobs; why each helps is in docs/notes.md (XLA:CPU), the timings in
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import jax
 
 # For functions that run once (initialisation), where compile time dominates run time: XLA's
 # LLVM passes dominate the compile of the threefry-heavy init graph and buy nothing for one
-# call. The random numbers are the same (integer ops, exact). Timings: docs/notes.md.
+# call. The random numbers are the same (integer ops, exact).
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 # For train steps, gradients and HVPs on the CPU backend: by default jaxlib 0.10 hands
 # convolutions and matmuls to YNNPACK fusions, and XLA's Eigen kernels are faster for a
-# ResNet's conv shapes, the weight-gradient convolutions above all (docs/notes.md, session 3).
+# ResNet's conv shapes, the weight-gradient convolutions above all (docs/notes.md, XLA:CPU).
 # YNNPACK stays on for reductions.
 CPU_STEP_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 

@@ -19,13 +19,13 @@ and the train loop's sharpness probe (`hessian.make_sharpness_probe`: algebraic 
 power iteration to relative tolerance 1e-3, at most `--max_hvps` HVPs plus one for the
 gradient curvature), timed after its compile; and lambda_max to 1e-3 with at most
 `--power_iters` HVPs, BN in eval mode with running statistics set to the batch's own
-(`batch_statistics`; `lambda_max_lin*`: linearised, now;
-`lambda_max_recomputed*`: every HVP recomputed, as before), construction included. `--torch`
-adds the same model in PyTorch eager (CIFAR family and ImageNet bottleneck depths; float32, and
-bfloat16 by autocast on a GPU; channels-last on a GPU); with `--hvp` its double-backward HVP
-recomputed and with the gradient graph reused (PyHessian's), and on the CIFAR family PyHessian's
-`eigenvalues()` on resjax's own weights and batch (the `pyhessian` package; same BN mode,
-tolerance and HVP budget). `--pipeline` adds the images/sec of the digits and
+(`batch_statistics`; `lambda_max_lin*`: the gradient linearised once, as `curvature.Hessian`
+does on one batch; `lambda_max_recomputed*`: every HVP recomputed), construction included.
+`--torch` adds the same model in PyTorch eager (CIFAR family and ImageNet bottleneck depths;
+float32, and bfloat16 by autocast on a GPU; channels-last on a GPU); with `--hvp` its
+double-backward HVP recomputed and with the gradient graph reused (PyHessian's), and on the
+CIFAR family PyHessian's `eigenvalues()` on resjax's own weights and batch (the `pyhessian`
+package; same BN mode, tolerance and HVP budget). `--pipeline` adds the images/sec of the digits and
 synthetic input pipelines (numpy batches), and with `--image_folder ROOT` those of an image folder
 (`ROOT/{train,test}/<class>/<image>`, e.g. CIFAR-10 as files; CIFAR augmentation) through each
 loader (`time_folder_pipelines`): the numpy loader's start-up (list, decode, write the cache;
@@ -226,8 +226,8 @@ def time_curvature(
 
     # lambda_max to LAMBDA_TOL with up to `power_iters` HVPs (PyHessian's `eigenvalues()`
     # defaults) and BN in eval mode (PyHessian puts the model in eval mode), operator
-    # construction included but not the compile: with the gradient linearised once (now), and
-    # recomputing it every HVP (as every power iteration did before).
+    # construction included but not the compile: with the gradient linearised once, and
+    # recomputing it every HVP.
     eval_loss, power = hessian.probe_loss(model, 'eval'), {}
     stats = batch_statistics(model, state.params, state.batch_stats, batch)
     for name, linearize in (('lambda_max_lin', True), ('lambda_max_recomputed', False)):

@@ -3,7 +3,7 @@
 `--config` and `--workdir` are required. A config is a file in configs/ (its docstring gives
 the command that runs it). Change any key with `--config.<key>=<value>` (e.g.
 `--config.model.depth=56 --config.model.residual=False`; the keys are listed at the end of
-`--help`, their meanings in README.md). Append `:smoke` to the file
+`--help`, their meanings in docs/config.md). Append `:smoke` to the file
 (`--config configs/X.py:smoke`) to shrink the run to about a minute on a CPU with every code
 path on. Rerunning the same command on the same workdir resumes it.
 
@@ -53,7 +53,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def _config_keys_help() -> str:
     """Every config key with its default (`config_lib.default_config()`, which the files in
-    configs/ edit), for `--help`; what each means is in README.md."""
+    configs/ edit), for `--help`; what each means is in docs/config.md (models, training),
+    docs/probes.md and docs/parallel.md."""
 
     def keys(c, prefix=''):
         for k, v in c.items():
@@ -62,7 +63,7 @@ def _config_keys_help() -> str:
             else:
                 yield f'  {prefix}{k} (default {v!r})'
 
-    head = 'Config keys, set by --config.<key>=<value> (meanings: README.md "Models", "Training"):'
+    head = 'Config keys, set by --config.<key>=<value> (meanings: docs/config.md):'
     return '\n'.join(['', head, *keys(config_lib.default_config())])
 
 

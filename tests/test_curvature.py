@@ -100,7 +100,7 @@ def test_top_eigenpairs_are_the_algebraic_top_with_honest_residuals(lams):
     # The residuals are measured, ||A y - theta y||, so float32 rounding shows: > 0, and small.
     # The repeated 4.0 is found through a restart, which drops a beta below the breakdown
     # tolerance sqrt(eps) * ||A||: its Ritz vectors' residuals are up to that (~1e-3 here),
-    # which the exact-arithmetic bound (0 for a split T) used to hide.
+    # which the exact-arithmetic bound (0 for a split T) would hide.
     expected = np.linalg.norm(vectors @ a.T - top['eigenvalues'][:, None] * vectors, axis=1)
     breakdown_tol = np.sqrt(np.finfo(np.float32).eps) * np.abs(lams).max()
     assert (top['residuals'] > 0).all() and (top['residuals'] < breakdown_tol).all()

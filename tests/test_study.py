@@ -99,12 +99,12 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
         (lambda s: setattr(s, 'overrides', ('* -> train.lr=fast',)), 'not a float'),
         (lambda s: setattr(s.inspect, 'figures', ('contours',)), 'study.inspect.figures'),
         (lambda s: setattr(s, 'exclude', ('depth=8 kind=plain',)), 'study.exclude'),
-        # A constructed entry whose source is excluded was dropped silently (issue 28, item 11).
+        # A constructed entry whose source is excluded is refused, not dropped silently.
         (
             lambda s: setattr(s, 'exclude', ('depth=8 residual=false',)),
             r"'8->14' starts from plain8_bn_s0, which study.exclude leaves out",
         ),
-        # An empty grid is refused like empty seeds (issue 19, case 8), not an empty report.
+        # An empty grid is refused like empty seeds, not an empty report.
         (lambda s: setattr(s, 'exclude', ('*',)), r"study.exclude=\('\*',\) leaves no run"),
         (lambda s: setattr(s, 'seeds', ()), r'study.seeds=\(\) must be a non-empty'),
     ],
@@ -225,8 +225,8 @@ def test_rerun_skips_finished_runs_and_report_only_lists_missing(tiny, tmp_path)
     copy = str(tmp_path / 'study')
     shutil.copytree(workdir, copy)
 
-    # A kill during a write tore the last line of a finished run's metrics (issue 28, item 9):
-    # training skips such a line, and the study reads rows as training does.
+    # A kill during a write tears the last line of a finished run's metrics: training skips
+    # such a line, and the study reads rows as training does.
     with open(os.path.join(copy, 'runs', 'plain8_bn_s0', 'metrics.jsonl'), 'a') as f:
         f.write('{"step": 6, "train/lo')
     result = study.run_study(config, copy, trainer=must_not_train)
@@ -332,7 +332,7 @@ def _comparable(workdir):
 
 
 def test_two_processes_train_the_grid_once_between_them(tiny, xla_cache, tmp_path):
-    """Two study processes on one workdir (issue 27): each run is trained by exactly one of
+    """Two study processes on one workdir: each run is trained by exactly one of
     them, the constructed run after its source, and the report equals a serial study's."""
     work = str(tmp_path / 'parallel')
     command = _script('--config', TINY + ':parallel', '--workdir', work, cache=xla_cache)
@@ -361,8 +361,8 @@ def test_two_processes_train_the_grid_once_between_them(tiny, xla_cache, tmp_pat
 
 
 def test_failed_inspection_leaves_out_stale_figures_and_exits_4(tiny, xla_cache, tmp_path):
-    """A damaged checkpoint and changed inspection options (issue 28, item 10): the old
-    figures and their findings are left out, the report says why, and the exit code is 4."""
+    """A damaged checkpoint and changed inspection options: the old figures and their findings
+    are left out, the report says why, and the exit code is 4."""
     copy = str(tmp_path / 'study')
     shutil.copytree(tiny[1], copy)
     checkpoint = os.path.join(copy, 'runs', 'resnet8_bn_s0', 'checkpoints', '6', 'default')
@@ -390,7 +390,7 @@ def test_failed_inspection_leaves_out_stale_figures_and_exits_4(tiny, xla_cache,
 
 
 def test_a_second_process_leaves_inspection_to_the_one_holding_it(tiny, tmp_path, monkeypatch):
-    """While one process inspects and reports, another does neither (issue 28, item 12)."""
+    """While one process inspects and reports, another does neither."""
     from resjax import inspection
     from resjax.study import claims
 

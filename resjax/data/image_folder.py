@@ -271,8 +271,8 @@ def normalize(images: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _image_constants(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 1/std as contiguous arrays of one image's shape: numpy is ~10x slower
-    broadcasting a 3-vector (and allocating a temporary per operation; hence in place)."""
+    """Mean and 1/std as contiguous arrays of one image's shape: numpy is much slower
+    broadcasting a 3-vector (and allocates a temporary per operation; hence in place)."""
     mean = np.broadcast_to(np.float32(MEAN) * 255, shape).copy()
     return mean, np.broadcast_to(1 / (np.float32(STD) * 255), shape).copy()
 

@@ -35,9 +35,9 @@ trains the next run neither finished nor held, and the last inspects and writes 
 
 Modules: `config` (study keys, selectors, overrides), `grid` (the runs, their workdirs, states
 and `train.py` commands), `claims` (the locks of runs and of the report), `run` (training and
-inspection), `numbers` (per-run numbers
-from metrics.jsonl), `figures` (figures 1-4), `findings` (one small function per finding),
-`report` (findings.json, report.md, report.html).
+inspection), `numbers` (per-run numbers from metrics.jsonl), `figures` (figures 1-4),
+`findings` (a package: one small function per finding), `report` (findings.json, report.md,
+report.html).
 """
 
 from resjax.study.config import StudyError, validate_study_config

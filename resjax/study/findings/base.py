@@ -1,0 +1,160 @@
+"""The findings' framework: the evidence they read (`Evidence`), what one returns (`Claim`),
+the registry (`finding`, `FINDINGS`), `compute_findings`, and the number formats the sentences
+use. The rules themselves are in `paper` and `question`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from resjax.study.grid import norm_title
+from resjax.study.numbers import RunData, run_numbers
+
+
+def pct(x: float) -> str:
+    """A fraction as a percentage with two decimals."""
+    return f'{100 * x:.2f}%'
+
+
+def times(x: float) -> str:
+    """A ratio as '1.23x'."""
+    return f'{x:.3g}x'
+
+
+def cap(text: str) -> str:
+    """`text` with its first letter upper-case."""
+    return text[:1].upper() + text[1:]
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What findings are computed from: `study` (config.study), the runs and their numbers
+    (`run_numbers`, by run name), and the inspection figures' numbers ({figure: JSON or None})."""
+
+    study: ml_collections.ConfigDict
+    runs: list[RunData]
+    inspection: dict[str, Any]
+
+    def __post_init__(self):
+        self.numbers = {r.spec.name: run_numbers(r) for r in self.runs}
+
+    @property
+    def depths(self) -> list[int]:
+        """The grid's depths, ascending."""
+        return sorted(self.study.depths)
+
+    def mean(self, depth: int, residual: bool, norm: str, key: str) -> tuple[float | None, int]:
+        """Mean of run number `key` over the finished seeds of a grid point, and how many."""
+        values = [
+            self.numbers[r.spec.name][key]
+            for r in self.runs
+            if r.spec.group == (depth, residual, norm) and r.state == 'finished'
+        ]
+        values = [v for v in values if v is not None]
+        return (float(np.mean(values)) if values else None), len(values)
+
+    def first_seed_finished(self) -> list[RunData]:
+        """The finished runs of the grid's first seed."""
+        seed = min(r.spec.seed for r in self.runs)
+        return [r for r in self.runs if r.state == 'finished' and r.spec.seed == seed]
+
+    def plain_and_residual(self, per_net: dict[str, dict], key: str) -> tuple[Any, Any]:
+        """`key` of the first plain and the first residual net in `per_net` (keyed by run
+        label, as inspection results are), None for a kind that is not there."""
+        residual = {r.spec.label: r.spec.residual for r in self.runs}
+        pick = lambda kind: next(
+            (v[key] for k, v in per_net.items() if residual.get(k) is kind), None
+        )
+        return pick(False), pick(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A finding's result: the statement with its numbers, the rule that decides the verdict,
+    the verdict, and every number as JSON."""
+
+    text: str
+    rule: str
+    verdict: str
+    numbers: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One entry of findings.json and of the report."""
+
+    id: str
+    figure: int
+    title: str
+    text: str
+    rule: str
+    verdict: str
+    numbers: dict
+    paper: str
+    question: str = (
+        ''  # One of the question's sub-questions, answered in the report's first section.
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FindingSpec:
+    """A registered finding (see the module docstring)."""
+
+    id: str
+    figure: int
+    title: str
+    paper: str
+    per_norm: bool
+    compute: Callable[..., Claim | str | None]
+    question: str = ''
+
+
+FINDINGS: list[FindingSpec] = []
+
+
+def finding(
+    id: str, figure: int, title: str, paper: str, per_norm: bool = False, question: str = ''
+) -> Callable[[Callable[..., Claim | str | None]], Callable[..., Claim | str | None]]:
+    """Registers the decorated function as a finding, in report order; `question` makes it
+    the answer to that sub-question of the report's first section."""
+
+    def register(compute):
+        FINDINGS.append(FindingSpec(id, figure, title, paper, per_norm, compute, question))
+        return compute
+
+    return register
+
+
+def compute_findings(
+    config: ml_collections.ConfigDict, runs: list[RunData], inspection: dict[str, Any]
+) -> list[dict]:
+    """Every registered finding on these runs, as findings.json entries (`Finding` fields)."""
+    evidence = Evidence(config.study, runs, inspection)
+    out = []
+    for spec in FINDINGS:
+        for norm in evidence.study.norms if spec.per_norm else [None]:
+            claim = spec.compute(evidence, norm) if spec.per_norm else spec.compute(evidence)
+            fid = f'{spec.id}_{norm}' if spec.per_norm else spec.id
+            title = f'{spec.title} ({norm_title(norm)})' if spec.per_norm else spec.title
+            if claim is None:
+                continue
+            if isinstance(claim, str):
+                claim = Claim(f'Not available yet: {claim}.', '', 'not available', {})
+            out.append(
+                Finding(
+                    fid,
+                    spec.figure,
+                    title,
+                    claim.text,
+                    claim.rule,
+                    claim.verdict,
+                    claim.numbers,
+                    spec.paper,
+                    spec.question,
+                )  # fmt: skip
+            )
+    return [dataclasses.asdict(f) for f in out]

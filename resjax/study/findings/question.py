@@ -1,0 +1,317 @@
+"""The question's sub-questions, one finding each, answered in the report's first section
+("What the question asks, and what the runs say"; figures 2, 8-11): do gradients vanish, why
+is the residual easier (a), does the solver fail (b), are the nets in different places (c).
+Each reads the deepest plain and residual nets of the first norm (BN first) and seed, or the
+constructed runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from resjax.probes import signals
+from resjax.study.findings.base import Claim, Evidence, finding, pct, times
+from resjax.study.numbers import RunData, added_block_drift, added_blocks
+
+FOLKLORE = (
+    'Folklore: "ResNets work because they fix vanishing gradients". He et al. 2015 (Sec. 4.1): '
+    'BN plain nets have healthy gradient norms, so the degradation is not vanishing gradients.'
+)
+CLAIM_A = (
+    'Claim (a), He et al. 2015 (Sec. 3.1, 4.2): deep layers need only small changes '
+    '(H_{n+1} ~ H_n); a residual block learns a small F(x) = H(x) - x, while plain layers must '
+    'build a near-identity out of nonlinear layers.'
+)
+CLAIM_B = (
+    "Claim (b), He et al. 2015 (Sec. 1, 4.1): a deeper plain net contains the shallow net's "
+    'solution (added layers = identity), so its higher training error means the solver fails to '
+    'find a solution that exists.'
+)
+CLAIM_C = (
+    'Claim (c): the plain net settles in another basin far from its start; the residual net '
+    'starts "close" to a good solution.'
+)
+VANISHING_BELOW = 0.1  # first/last gradient-norm ratio under which gradients "vanish"
+FAR_RATIO = 1.2  # plain / residual distance from init beyond which the plain net is "farther"
+SMALL_BRANCH = 0.5  # median ||F(x)|| / ||x|| under which residual branches are "small"
+
+
+def _first_norm(ev: Evidence) -> str:
+    return sorted(ev.study.norms, key=lambda n: n != 'batch')[0]
+
+
+def _deepest_pair(ev: Evidence) -> tuple[int, RunData | None, RunData | None]:
+    """(depth, plain run, residual run): the deepest depth with a finished plain and residual
+    run with probe rows (first norm and seed), else the deepest finished plain run alone."""
+    norm = _first_norm(ev)
+    finished = [r for r in ev.first_seed_finished() if r.probe_rows()]
+    pick = lambda depth, residual: next(  # noqa: E731
+        (r for r in finished if r.spec.group == (depth, residual, norm)), None
+    )
+    for depth in reversed(ev.depths):
+        if pick(depth, False) and pick(depth, True):
+            return depth, pick(depth, False), pick(depth, True)
+    for depth in reversed(ev.depths):
+        if pick(depth, False):
+            return depth, pick(depth, False), None
+    return ev.depths[-1], None, None
+
+
+def _last_probe(run: RunData) -> dict:
+    probes = run.probe_rows()
+    return probes[max(probes)] if probes else {}
+
+
+def _median(row: dict, prefix: str) -> float | None:
+    values = signals.profile(row, prefix)[1]
+    return float(np.median(values)) if values else None
+
+
+@finding('question_gradients', 2, 'Do gradients vanish?', FOLKLORE, question='Do gradients vanish?')
+def question_gradients(ev: Evidence) -> Claim | str:
+    """The first/last conv weight-gradient ratio at every probe step of the deepest nets."""
+    depth, plain, resnet = _deepest_pair(ev)
+    if plain is None:
+        return f'a finished plain-{depth} with probe rows'
+    nums, parts, vanishing = {}, [], []
+    for run in (plain, resnet):
+        if run is None:
+            continue
+        rows = run.probe_rows()
+        ratios = {s: signals.first_last_ratio(r, 'grad_norm') for s, r in sorted(rows.items())}
+        act = {s: signals.first_last_ratio(r, 'act_grad_norm') for s, r in sorted(rows.items())}
+        low, high = min(ratios.values()), max(ratios.values())
+        nums[run.spec.name] = {
+            'grad_ratio_by_step': ratios,
+            'act_grad_ratio_by_step': act,
+            'min_grad_ratio': low,
+        }
+        if low < VANISHING_BELOW:
+            vanishing.append(run.spec.label)
+        parts.append(
+            f'{run.spec.label}: first/last conv weight-gradient norm {times(ratios[min(ratios)])} '
+            f'at init, between {times(low)} and {times(high)} over {len(ratios)} probes to step '
+            f'{max(ratios)} (activation gradients, stem over last block: '
+            f'{times(act[min(act)])} at init, {times(act[max(act)])} at the last probe)'
+        )
+    verdict = 'vanishing' if vanishing else 'no vanishing gradients'
+    text = '; '.join(parts) + '. '
+    text += (
+        f'Gradients vanish in {", ".join(vanishing)}.'
+        if vanishing
+        else "No net's input-side gradient falls below 1/10 of its output-side one: the "
+        "plain net's trouble is not vanishing gradients, contradicting the folklore"
+        + (
+            ' (they grow towards the input instead).'
+            if nums[plain.spec.name]['min_grad_ratio'] > 1
+            else '.'
+        )
+    )
+    rule = (
+        f'vanishing iff the first/last conv gradient-norm ratio is below {VANISHING_BELOW} at '
+        'some probe step (training-mode BN, the probe batch)'
+    )
+    return Claim(text, rule, verdict, nums)
+
+
+@finding('question_residual', 8, 'Why is the residual easier?', CLAIM_A,
+         question='Why is the residual easier to learn (a)?')  # fmt: skip
+def question_residual(ev: Evidence) -> Claim | str:
+    """Branch ratio, block change and consecutive CKA at the last probe, deepest nets."""
+    depth, plain, resnet = _deepest_pair(ev)
+    if plain is None or resnet is None:
+        return f'finished plain-{depth} and ResNet-{depth} runs with block probes'
+    p, r = _last_probe(plain), _last_probe(resnet)
+    nums = {
+        'step': max(resnet.probe_rows()),
+        'resnet_branch_ratio_median': _median(r, 'branch_ratio'),
+        'resnet_branch_ratio_max': max(signals.profile(r, 'branch_ratio')[1], default=None),
+        'plain_block_change_median': _median(p, 'block_change'),
+        'resnet_block_change_median': _median(r, 'block_change'),
+        'plain_cka_median': _median(p, 'cka'),
+        'resnet_cka_median': _median(r, 'cka'),
+    }
+    if None in nums.values():
+        return "block probes (branch_ratio/, block_change/, cka/) in the runs' metrics"
+    small_branch = nums['resnet_branch_ratio_median'] < SMALL_BRANCH
+    smaller_change = nums['resnet_block_change_median'] < nums['plain_block_change_median']
+    more_alike = nums['resnet_cka_median'] > nums['plain_cka_median']
+    nums.update(small_branch=small_branch, smaller_change=smaller_change, more_alike=more_alike)
+    held = sum((small_branch, smaller_change, more_alike))
+    verdict = {3: 'supports (a)', 0: 'contradicts (a)'}.get(held, 'partly supports (a)')
+    text = (
+        f'At the last probe (step {nums["step"]}, training-mode BN on the probe batch): '
+        f"ResNet-{depth}'s residual branches are {times(nums['resnet_branch_ratio_median'])} the "
+        f'size of their shortcut input (median over blocks; largest '
+        f'{times(nums["resnet_branch_ratio_max"])}). A block changes its input by '
+        f'{nums["resnet_block_change_median"]:.3g} (relative, median) in ResNet-{depth} and '
+        f'{nums["plain_block_change_median"]:.3g} in plain-{depth}; linear CKA between '
+        f'consecutive block outputs is {nums["resnet_cka_median"]:.3f} vs '
+        f'{nums["plain_cka_median"]:.3f}. '
+        + (
+            'So the residual blocks do make small changes and the plain blocks larger ones.'
+            if held == 3
+            else f'{held} of the 3 conditions hold'
+            + ('' if small_branch else ': the residual branches are not small')
+            + '.'
+        )
+    )
+    rule = (
+        f"supports (a) iff the ResNet's median branch ratio is below {SMALL_BRANCH} (the branch "
+        'at most half of what the shortcut carries), its median block change is below the plain '
+        "net's, and its median consecutive CKA above the plain net's; contradicts (a) iff none "
+        'holds; block change is not scale-invariant (a plain block re-normalises its output), '
+        'CKA is'
+    )
+    return Claim(text, rule, verdict, nums)
+
+
+def _constructed(ev: Evidence) -> tuple[RunData | None, RunData | None]:
+    """(first finished constructed run, its source run)."""
+    built = next((r for r in ev.runs if r.spec.source and r.state == 'finished'), None)
+    if built is None:
+        return None, None
+    return built, next((r for r in ev.runs if r.spec.name == built.spec.source), None)
+
+
+@finding('question_solver', 11, 'Does the solver fail to find an existing solution?', CLAIM_B,
+         question='Does the solver fail to find a solution that exists (b)?')  # fmt: skip
+def question_solver(ev: Evidence) -> Claim | str | None:
+    """The constructed plain net against its source, the random-init plain net of its depth and
+    the ResNet: training error, when it leaves the constructed solution, and how far."""
+    if not ev.study.constructed:
+        return None
+    built, source = _constructed(ev)
+    if built is None or source is None:
+        return 'a finished constructed run (study.constructed) and its source run'
+    margin = ev.study.degradation_margin
+    depth = built.spec.depth
+    n = lambda run, key: ev.numbers[run.spec.name][key]  # noqa: E731
+    steps, acc = built.series('train/accuracy')
+    err = 1 - acc
+    e_src = n(source, 'final_train_error')
+    left = [int(s) for s, e in zip(steps, err) if e > e_src + margin]
+    added = added_blocks(_last_probe(built), source.spec.depth)
+    drift = added_block_drift(built, source.spec.depth)
+    peer = lambda residual: next(  # noqa: E731  (the random-init nets of the built one's depth)
+        (
+            r
+            for r in ev.runs
+            if r.state == 'finished'
+            and r.spec.group == (depth, residual, built.spec.norm)
+            and r.spec.seed == built.spec.seed
+        ),
+        None,
+    )
+    plain, resnet = peer(False), peer(True)
+    nums = {
+        'source': source.spec.name,
+        'source_final_train_error': e_src,
+        'built_first_train_error': float(err[0]),
+        'built_max_train_error': float(err.max()),
+        'built_final_train_error': n(built, 'final_train_error'),
+        'built_final_test_error': n(built, 'final_test_error'),
+        'first_step_above_source': left[0] if left else None,
+        'random_init_final_train_error': n(plain, 'final_train_error') if plain else None,
+        'resnet_final_train_error': n(resnet, 'final_train_error') if resnet else None,
+        'added_blocks': added,
+        'added_block_drift': drift,
+        'margin': margin,
+    }
+    kept = not left
+    ends_no_worse = nums['built_final_train_error'] <= e_src + margin
+    r_err = nums['random_init_final_train_error']
+    beats_random = r_err is not None and nums['built_final_train_error'] < r_err - margin
+    text = (
+        f'plain-{depth} built from {source.spec.label} (final training error {pct(e_src)}) '
+        f'starts at {pct(nums["built_first_train_error"])} (first logged mean, training-mode '
+        f'BN), '
+    )
+    if kept:
+        text += "and SGD never takes it above the source's error (+ the margin); "
+    else:
+        text += (
+            f"and SGD leaves the constructed solution: its training error exceeds the source's "
+            f'by more than {pct(margin)} from step {left[0]} on, up to '
+            f'{pct(nums["built_max_train_error"])}; '
+        )
+    if drift:
+        last = drift[max(drift)]
+        text += (
+            f'its {len(added)} added blocks, identities at step 0, change their input by '
+            f'{last["block_change_median"]:.3g} (median) at step {max(drift)}, and their layers '
+            f'are {last["init_distance_median"]:.3g} (relative) away from the identity kernels; '
+        )
+    text += f'it ends at {pct(nums["built_final_train_error"])}'
+    if r_err is not None:
+        text += f', against {pct(r_err)} for plain-{depth} from random init'
+    if nums['resnet_final_train_error'] is not None:
+        text += f' and {pct(nums["resnet_final_train_error"])} for ResNet-{depth}'
+    text += '. '
+    if beats_random:
+        text += (
+            'A deeper plain net with a lower training error than the random-init one exists '
+            'and is reachable by the same SGD from a good start: from random init the solver '
+            'does not find it, as (b) says.'
+        )
+        verdict = 'supports (b)'
+    else:
+        text += (
+            'The constructed start does not end better than random init, so these runs do not '
+            'show a better solution that SGD from random init misses.'
+        )
+        verdict = 'does not support (b)'
+    if not ends_no_worse:
+        verdict += '; SGD leaves the constructed solution'
+    nums.update(kept=kept, ends_no_worse=ends_no_worse, beats_random=beats_random)
+    rule = (
+        'supports (b) iff the constructed run ends with training error lower than the random-init '
+        f'plain net of its depth by more than {pct(margin)}; "SGD leaves the constructed solution" '
+        "iff it ends above the source's final training error by more than that margin"
+    )
+    return Claim(text, rule, verdict, nums)
+
+
+@finding('question_places', 10, 'Are the two nets in different places?', CLAIM_C,
+         question='Are the plain and the residual net in different places (c)?')  # fmt: skip
+def question_places(ev: Evidence) -> Claim | str:
+    """Distance from init, whole net and per layer, of the deepest plain and residual nets."""
+    depth, plain, resnet = _deepest_pair(ev)
+    if plain is None or resnet is None:
+        return f'finished plain-{depth} and ResNet-{depth} runs with distance-from-init probes'
+    p, r = _last_probe(plain), _last_probe(resnet)
+    if 'init_distance/global' not in p or 'init_distance/global' not in r:
+        return "init_distance/ probes in the runs' metrics"
+    nums = {
+        'step': max(resnet.probe_rows()),
+        'plain_global': p['init_distance/global'],
+        'resnet_global': r['init_distance/global'],
+        'plain_layer_median': _median(p, 'init_distance'),
+        'resnet_layer_median': _median(r, 'init_distance'),
+    }
+    ratio = nums['plain_global'] / nums['resnet_global']
+    nums['plain_over_resnet'] = ratio
+    verdict = (
+        'supports (c)'
+        if ratio > FAR_RATIO
+        else 'contradicts (c)'
+        if ratio < 1 / FAR_RATIO
+        else 'undecided'
+    )
+    text = (
+        f'At step {nums["step"]}, plain-{depth} is {nums["plain_global"]:.3g} (relative, all '
+        f'parameters) from its init and ResNet-{depth} {nums["resnet_global"]:.3g}: the plain '
+        f'net has moved {times(ratio)} as far (median layer {nums["plain_layer_median"]:.3g} vs '
+        f'{nums["resnet_layer_median"]:.3g}). '
+    )
+    text += {
+        'supports (c)': 'The plain net travels farther from where it started.',
+        'contradicts (c)': 'The residual net travels farther: it does not start closer.',
+        'undecided': 'The two travel about as far; distance from init cannot decide (c) here.',
+    }[verdict]
+    rule = (
+        f'supports (c) iff the plain net moved more than {FAR_RATIO}x as far from its init '
+        f'(||theta - theta_0|| / ||theta_0||, all parameters) as the ResNet; contradicts iff '
+        f'less than 1/{FAR_RATIO}x; undecided between'
+    )
+    return Claim(text, rule, verdict, nums)
