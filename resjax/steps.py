@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from resjax import objective
+from resjax.models.layout import Layout
 from resjax.probes import blocks, signals
 
 PyTree = Any
@@ -86,6 +87,7 @@ def make_train_step(
     schedule: optax.Schedule,
     axis_name: str | None = None,
     probes: bool = False,
+    layout: Layout | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns `train_step(state, batch) -> (state, metrics)`, pure and un-jitted.
 
@@ -98,7 +100,8 @@ def make_train_step(
     With `probes`, the same gradient call also differentiates w.r.t. zero perturbations of
     the activations and returns the sown activations, so the step additionally reports the
     per-layer signals of `resjax.probes.signals` for the parameters *before* this update
-    (the update itself is unchanged: probes never change training).
+    (the update itself is unchanged: probes never change training); the block probes follow
+    `layout`'s block order (`resjax.models.layout`; None: the sown names sorted).
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -163,7 +166,7 @@ def make_train_step(
                 )
                 act_grads = jax.tree.map(lambda g: g / n, act_grads)
             probe.update(signals.activation_signals(intermediates, act_grads, model.preactivation))
-            probe.update(blocks.block_signals(intermediates))
+            probe.update(blocks.block_signals(intermediates, layout))
             probe['grad_norm/global'] = metrics['train/grad_norm']
             probe['probe/loss'] = loss
             metrics = {'train': metrics, 'probes': probe}

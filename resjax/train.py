@@ -328,6 +328,8 @@ def _compile_steps(
     """(train_step, probe_step, eval_step, put_batch): one step function, two wrappers, jit
     over the mesh or pmap (resjax/parallel.py). The probe variant also returns the per-layer
     probes, chosen by the loop when they are due: ordinary steps do not pay for them."""
+    family_layout = models.FAMILIES[config.model.family].layout
+    layout = family_layout and family_layout(config.model)  # The block probes' order.
     if config.parallel.mode == 'pmap':
         axis = parallel.DATA_AXIS
         # sync_bn: the model's BatchNorm averages its statistics over the pmap axis.
@@ -335,7 +337,7 @@ def _compile_steps(
             config.model, num_classes, axis_name=axis if config.parallel.sync_bn else None
         )
         make_step = functools.partial(
-            steps.make_train_step, step_model, tx, schedule, axis_name=axis
+            steps.make_train_step, step_model, tx, schedule, axis_name=axis, layout=layout
         )
         return (
             parallel.pmap_train_step(make_step()),
@@ -343,7 +345,7 @@ def _compile_steps(
             parallel.pmap_eval_step(steps.make_eval_step(model)),
             parallel.split_batch,
         )
-    make_step = functools.partial(steps.make_train_step, model, tx, schedule)
+    make_step = functools.partial(steps.make_train_step, model, tx, schedule, layout=layout)
     return (
         xla.jit(make_step(), donate_argnums=0),
         xla.jit(make_step(probes=True), donate_argnums=0),

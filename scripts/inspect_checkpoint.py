@@ -3,7 +3,7 @@
   python scripts/inspect_checkpoint.py --workdir runs/plain56 --workdir runs/resnet56 \
       --out figs --probes summary,eval,hessian,landscape2d [--step N] [--examples K]
 
-Probes (README "Inspecting a checkpoint"): summary, eval, hessian, spectrum, landscape1d,
+Probes (docs/inspection.md): summary, eval, hessian, spectrum, landscape1d,
 landscape2d, interpolate, lesion, shattering, signals, blocks. Exit codes: 0 done; 2 bad input
 (one line: missing workdir or step, not a resjax run, a checkpoint of another model, bad flags).
 """

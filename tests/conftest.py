@@ -13,7 +13,7 @@ from resjax import config_lib
 jax.config.update('jax_disable_most_optimizations', True)
 
 
-# The files that take longest (seconds of one worker, fresh clone, session 8), scheduled first:
+# The files that take longest (by one worker's time in a fresh clone), scheduled first:
 # pytest-xdist's `--dist loadfile` hands files to the two workers in collection order, and a
 # long file collected last leaves the other worker idle for its whole length.
 LONGEST_FIRST = [

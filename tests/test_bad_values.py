@@ -1,5 +1,5 @@
-"""Values that used to be accepted with degenerate or silently wrong results, and a constructed
-run whose source trained on: each is refused with one line, or now gives the right number."""
+"""Values that would give degenerate or silently wrong results, and a constructed run whose
+source trained on: each is refused with one line, or gives the right number."""
 
 import dataclasses
 import json

@@ -129,7 +129,7 @@ def test_which_convolutions_take_the_stored_form(weight_grad, expected):
 @pytest.mark.parametrize('weight_grad', ['stored', 'xla'])
 def test_gradient_convolutions_are_in_xla_cpu_native_order(weight_grad):
     # XLA:CPU reorders the dimensions of top-level convolutions only; inside a scan body a
-    # convolution not already in NHWC/HWIO/NHWC order runs as a naive loop (~80x slower).
+    # convolution not already in NHWC/HWIO/NHWC order runs as a naive loop (docs/notes.md, XLA:CPU).
     def loss(x, w):
         y = conv.conv_general_dilated(
             x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC, weight_grad=weight_grad

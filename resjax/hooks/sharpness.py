@@ -32,7 +32,7 @@ from resjax.probes import hessian
 class Sharpness(base.Hook):
     """The sharpness probe (module docstring). Under pmap it runs under jit on replica 0's
     parameters and the global batch, so with bn_mode='train' and per-device BN it uses
-    global-batch statistics (README)."""
+    global-batch statistics (docs/parallel.md)."""
 
     name = 'hessian'
     every_key = 'probes.hessian_every_steps'

@@ -8,7 +8,7 @@ writes the PNG beside its numbers (JSON, and npz for arrays); `inspect` loads th
 probe modules declare (`common.OPTIONS` for the shared ones); `make_options` builds it from
 settings (the study's `study.inspect`) and `validate` checks it, once, for every caller.
 
-Semantics shared by every probe (README "Inspecting a checkpoint"):
+Semantics shared by every probe (docs/inspection.md):
 - loss = MEAN softmax cross-entropy in nats over the probe examples, no weight decay
   (`resjax.objective`); accuracy the fraction correct; all arithmetic float32 (the model's
   compute dtype), host summaries float64.
@@ -78,7 +78,7 @@ Options = dataclasses.make_dataclass(
 Options.__module__ = __name__
 Options.__doc__ = """Every option of the probes, as `OPTIONS` declares them: one field each, with
 its default and metadata `help` and (an enum) `choices`. scripts/inspect_checkpoint.py makes one
-flag of each field. Units in the README."""
+flag of each field. Units in docs/inspection.md."""
 
 
 def make_options(settings: Mapping[str, Any], what: str = 'inspection option') -> Any:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from resjax import plots, runs
+from resjax import models, plots, runs
 from resjax.inspection import common
 from resjax.inspection.common import Opts
 from resjax.probes import blocks, signals
@@ -28,11 +28,12 @@ def block_numbers(run: runs.Run, batch: dict, bn_mode: str = 'eval') -> dict[str
         variables, batch['image'], train=bn_mode == 'train', mutable=mutable
     )
     inter = new_vars['intermediates']
-    out = {k: float(v) for k, v in jax.device_get(blocks.block_signals(inter)).items()}
+    layout = models.model_layout(run.config.model)
+    out = {k: float(v) for k, v in jax.device_get(blocks.block_signals(inter, layout)).items()}
     initial = common.initial_variables(run).params
     moved = blocks.init_distance(run.state.params, initial)
     out.update({k: float(v) for k, v in jax.device_get(moved).items()})
-    names, matrix = blocks.cka_matrix(inter)
+    names, matrix = blocks.cka_matrix(inter, layout)
     out['cka_names'] = names
     out['cka_matrix'] = np.asarray(matrix, np.float64).tolist()
     return out

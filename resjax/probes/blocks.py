@@ -1,14 +1,14 @@
 """Block probes: what does each block do to its input, and how far has it moved?
 
-They test the usual answers to "why is a residual easier to learn?" (README, "What the question
-asks"): (a) deep blocks only need small changes, which a residual block makes with a small
-branch F(x) while a plain block must build a near-identity out of nonlinear layers; (c) the
-plain net ends up far from where it started. Pure functions of the activations a model sows
-(each stem and block `output`, and a residual block's `branch` F(x) and `shortcut`, as
-`resjax.models.resnet` sows them) and of two parameter trees. The blocks' order is the model's
-layout (`resjax.models.layout.Layout`, any family that describes one); without a layout, the
-sown names in sorted order, which is forward order for resjax's ResNets. All norms are L2 over
-every element, batch included.
+They test the usual answers to "why is a residual easier to learn?" (the study report's "What
+the question asks", docs/study.md): (a) deep blocks only need small changes, which a residual
+block makes with a small branch F(x) while a plain block must build a near-identity out of
+nonlinear layers; (c) the plain net ends up far from where it started. Pure functions of the
+activations a model sows (each stem and block `output`, and a residual block's `branch` F(x) and
+`shortcut`, as `resjax.models.resnet` sows them) and of two parameter trees. The blocks' order
+is the model's layout (`resjax.models.layout.Layout`, any family that describes one); without a
+layout, the sown names in sorted order, which is forward order for resjax's ResNets. All norms
+are L2 over every element, batch included.
 
 Metric names (`<block>` a block's parameter-tree key, e.g. `001_stage1_block1`; `k-1` is the
 block before, the stem for the first block):
