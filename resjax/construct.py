@@ -65,6 +65,13 @@ def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.Co
             f'train.init_from: this run (depth {deep.depth}) must be as deep as the source run '
             f'(depth {shallow.depth}) or deeper'
         )
+    if deep.depth > shallow.depth and deep.shortcut == 'all_projection':
+        # Every added block would keep a random projection shortcut: not an identity.
+        raise ValueError(
+            "train.init_from: model.shortcut='all_projection' gives every added block a "
+            'projection shortcut, which the construction cannot make an identity; use '
+            "'identity_pad' or 'projection'"
+        )
 
 
 def check_source(config: ml_collections.ConfigDict) -> None:

@@ -169,3 +169,10 @@ def test_construction_refuses_a_source_it_cannot_extend():
         c[key] = value
         with pytest.raises(ValueError, match=words):
             construct.check_compatible(a, c)
+    # All-projection nets: a warm restart is accepted, added blocks are refused (their
+    # projection shortcuts would stay random).
+    p, q = (ml_collections.ConfigDict(m.to_dict()) for m in (a, b))
+    p.shortcut = q.shortcut = 'all_projection'
+    construct.check_compatible(p, p)
+    with pytest.raises(ValueError, match='all_projection'):
+        construct.check_compatible(p, q)
