@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
@@ -213,12 +214,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step
     )
 
     # ----- Hooks: the periodic work, chosen by config (resjax/hooks) ----------------------
+    @functools.cache
+    def initial_params():
+        # Once for every hook that reads them; called while the hooks are built, before the
+        # first step donates the state's buffers.
+        if start_step == 0:
+            return jax.tree.map(jnp.copy, to_global(state.params))
+        return first_state()[0].params
+
     timer = hooks.Throughput(start_step)
     ctx = hooks.Context(
         config=config, workdir=workdir, model=model, schedule=schedule, dataset=dataset,
         mesh=mesh, replicated=replicated, pmap=pmap, start_step=start_step, manager=manager,
         eval_step=eval_step, put_batch=put_batch, host=host, to_global=to_global,
-        first_state=lambda: first_state()[0],
+        initial_params=initial_params,
         check_finite=functools.partial(_check_finite, config, workdir, host), timer=timer,
     )  # fmt: skip
     active = hooks.from_config(ctx, state)

@@ -67,7 +67,9 @@ class Context:
     put_batch: Callable[[dict], dict]  # A host batch as the steps take it.
     host: Callable[[Any], Any]  # Host values of the steps' replicated outputs.
     to_global: Callable[[Any], Any]  # A tree in the loop's layout -> jit's (identity under jit).
-    first_state: Callable[[], Any]  # The run's step-0 state, rebuilt (jit's layout).
+    # The run's step-0 parameters in jit's layout, computed once: a copy of the starting state's
+    # at step 0, rebuilt on resume (the seed's init or the saved constructed start).
+    initial_params: Callable[[], Any]
     check_finite: Callable[[Any], None]  # Raises NonFiniteError if the state diverged ('stop').
     timer: Throughput  # Steps/sec of training alone: paused around compiles and evaluation.
 

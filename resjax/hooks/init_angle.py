@@ -2,7 +2,8 @@
 conv and dense filter has turned since step 0 (`resjax.probes.angles`), a distance from init
 that BatchNorm's scale invariance does not blur. Config: `probes.init_angle_every_steps`.
 
-State, not checkpointed: the step-0 parameters, rebuilt on resume as `init_distance` does.
+State, not checkpointed: the step-0 parameters, shared with `init_distance`
+(`Context.initial_params`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 import jax
 
 from resjax.hooks import base
-from resjax.hooks.init_distance import initial_params
 from resjax.probes import angles
 
 
@@ -25,7 +25,7 @@ class InitAngle(base.Hook):
 
     def __init__(self, ctx: base.Context, state: Any):
         super().__init__(ctx, state)
-        self._initial = initial_params(ctx, state)
+        self._initial = ctx.initial_params()
         self._angles = jax.jit(angles.init_angle)
 
     def run(self, state: Any, step: int, data: base.StepData) -> dict[str, Any]:

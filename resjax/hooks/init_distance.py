@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from resjax.hooks import base
 from resjax.probes import blocks
@@ -28,16 +27,8 @@ class InitDistance(base.Hook):
 
     def __init__(self, ctx: base.Context, state: Any):
         super().__init__(ctx, state)
-        self._initial = initial_params(ctx, state)
+        self._initial = ctx.initial_params()
         self._distance = jax.jit(blocks.init_distance)
 
     def run(self, state: Any, step: int, data: base.StepData) -> dict[str, Any]:
         return jax.device_get(self._distance(self.ctx.to_global(state.params), self._initial))
-
-
-def initial_params(ctx: base.Context, state: Any) -> Any:
-    """The run's step-0 parameters in jit's layout: a copy of `state`'s if the run starts at
-    step 0 (the steps donate the state's buffers), else rebuilt (`Context.first_state`)."""
-    if ctx.start_step == 0:
-        return jax.tree.map(jnp.copy, ctx.to_global(state.params))
-    return ctx.first_state().params
