@@ -209,16 +209,18 @@ def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> 
                 'p',
                 'Do ResNets work because they fix vanishing gradients, and if not, why is a '
                 'residual easier to learn and why does a plain net not close the gap? Each '
-                'answer below gives the numbers from these runs, the rule that decides it, and '
-                'the claim it supports or contradicts; "not available" or "undecided" means the '
-                'runs cannot decide.',
+                'answer below states the rule that decides it, then the numbers from these runs '
+                'with their control and their seed-to-seed spread, and the claim it supports or '
+                'contradicts; "not available" or "undecided" means the runs cannot decide, '
+                '"provisional" that one seed decided it.',
             )
         )
         for f in questions:
             blocks.append(('h3', f['question']))
-            rule = f' *Rule:* {f["rule"]}.' if f['rule'] else ''
+            # The rule first: it was fixed before the runs, and the numbers are read against it.
+            rule = f'*Rule:* {f["rule"]}. ' if f['rule'] else ''
             blocks.append(
-                ('p', f'**{cap(f["verdict"])}** (Figure {f["figure"]}). {f["text"]}{rule}')
+                ('p', f'**{cap(f["verdict"])}** (Figure {f["figure"]}). {rule}{f["text"]}')
             )
             blocks.append(('p', f'*Claim tested:* {f["paper"]}'))
     blocks.append(('h2', 'Findings'))

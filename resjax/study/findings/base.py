@@ -25,6 +25,65 @@ def times(x: float) -> str:
     return f'{x:.3g}x'
 
 
+@dataclasses.dataclass(frozen=True)
+class Seeds:
+    """One number of one net (or one condition) over the study's seeds, a value per seed."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        """How many seeds."""
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        """The mean over seeds."""
+        return float(np.mean(self.values))
+
+    @property
+    def range(self) -> float:
+        """max - min over seeds: the seed-to-seed spread (0 with one seed)."""
+        return float(np.max(self.values) - np.min(self.values))
+
+    def show(self, fmt: Callable[[float], str] = lambda x: f'{x:.3g}') -> str:
+        """'0.123' for one seed, '0.123 (0.11-0.14 over 3 seeds)' for several: the mean, then
+        the lowest and highest seed."""
+        if self.n == 1:
+            return fmt(self.mean)
+        lo, hi = fmt(float(np.min(self.values))), fmt(float(np.max(self.values)))
+        return f'{fmt(self.mean)} ({lo}-{hi} over {self.n} seeds)'
+
+    def json(self) -> dict:
+        """{'mean', 'range', 'values'} for findings.json."""
+        return {'mean': self.mean, 'range': self.range, 'values': list(self.values)}
+
+
+def seeds_of(values: Any) -> Seeds:
+    """`Seeds` of the given per-seed values (None entries dropped); raises ValueError if none
+    is left."""
+    kept = tuple(float(v) for v in values if v is not None)
+    if not kept:
+        raise ValueError('no value for any seed')
+    return Seeds(kept)
+
+
+def gap(a: Seeds, b: Seeds, margin: float = 0.0) -> int:
+    """+1 if a's mean exceeds b's, -1 if it falls below, by more than `margin` and by more
+    than the larger seed range of the two (which is 0 for a single seed: then the margin
+    alone decides and the verdict is provisional); 0 if the difference does not count."""
+    d = a.mean - b.mean
+    if abs(d) <= margin or abs(d) <= max(a.range, b.range):
+        return 0
+    return 1 if d > 0 else -1
+
+
+def seed_note(*groups: Seeds) -> str:
+    """What the seeds allow, for a verdict: '; provisional: one seed' or '' with 2+ seeds
+    on every side."""
+    return '; provisional: one seed' if min(g.n for g in groups) < 2 else ''
+
+
 def cap(text: str) -> str:
     """`text` with its first letter upper-case."""
     return text[:1].upper() + text[1:]
@@ -56,6 +115,11 @@ class Evidence:
         ]
         values = [v for v in values if v is not None]
         return (float(np.mean(values)) if values else None), len(values)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The grid's seeds that have a finished run, ascending."""
+        return sorted({r.spec.seed for r in self.runs if r.state == 'finished'})
 
     def first_seed_finished(self) -> list[RunData]:
         """The finished runs of the grid's first seed."""

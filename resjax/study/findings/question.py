@@ -40,21 +40,34 @@ def _first_norm(ev: Evidence) -> str:
     return sorted(ev.study.norms, key=lambda n: n != 'batch')[0]
 
 
-def _deepest_pair(ev: Evidence) -> tuple[int, RunData | None, RunData | None]:
-    """(depth, plain run, residual run): the deepest depth with a finished plain and residual
-    run with probe rows (first norm and seed), else the deepest finished plain run alone."""
+def deepest_pairs(ev: Evidence) -> tuple[int, list[tuple[RunData, RunData | None]]]:
+    """(depth, [(plain run, residual run) per seed]): the deepest depth at which the first
+    seed has a finished plain and residual run with probe rows (first norm), and that pair for
+    every seed that has both; else the deepest finished plain runs alone, residual None.
+    Findings compute their number per seed and compare the seeds' values (`base.gap`)."""
     norm = _first_norm(ev)
-    finished = [r for r in ev.first_seed_finished() if r.probe_rows()]
-    pick = lambda depth, residual: next(  # noqa: E731
-        (r for r in finished if r.spec.group == (depth, residual, norm)), None
+    finished = [r for r in ev.runs if r.state == 'finished' and r.probe_rows()]
+    pick = lambda depth, residual, seed: next(  # noqa: E731
+        (r for r in finished if r.spec.group == (depth, residual, norm) and r.spec.seed == seed),
+        None,
     )
+    seeds = ev.seeds
+    if not seeds:
+        return ev.depths[-1], []
     for depth in reversed(ev.depths):
-        if pick(depth, False) and pick(depth, True):
-            return depth, pick(depth, False), pick(depth, True)
+        if pick(depth, False, seeds[0]) and pick(depth, True, seeds[0]):
+            pairs = [(pick(depth, False, s), pick(depth, True, s)) for s in seeds]
+            return depth, [(p, r) for p, r in pairs if p and r]
     for depth in reversed(ev.depths):
-        if pick(depth, False):
-            return depth, pick(depth, False), None
-    return ev.depths[-1], None, None
+        if pick(depth, False, seeds[0]):
+            return depth, [(pick(depth, False, s), None) for s in seeds if pick(depth, False, s)]
+    return ev.depths[-1], []
+
+
+def _deepest_pair(ev: Evidence) -> tuple[int, RunData | None, RunData | None]:
+    """The first seed's pair of `deepest_pairs` (None, None if there is none)."""
+    depth, pairs = deepest_pairs(ev)
+    return (depth, *pairs[0]) if pairs else (depth, None, None)
 
 
 def _last_probe(run: RunData) -> dict:
