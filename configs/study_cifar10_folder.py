@@ -43,12 +43,17 @@ def get_config(arg=None):
     config.probes.hessian_every_steps = 200
     config.probes.hessian_iters = 6
     config.probes.hessian_batch = 'fixed'
+    # The per-filter angle from init beside the distance (scale-invariant under BN; (c)).
+    config.probes.init_angle_every_steps = 100
 
     config.study = study_config.default_study_config()
     config.study.depths = (20, 56)
     config.study.residual = (False, True)
     config.study.norms = ('batch',)
-    config.study.seeds = (0,)
+    # A second seed for the depth-56 pair, the question's nets: its findings compare the
+    # seed-to-seed spread with each difference.
+    config.study.seeds = (0, 1)
+    config.study.exclude = ('depth=20 seed=1',)
     config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
     # No lesion or 2-D landscape figures: on a CPU they cost more than the rest of the
     # inspection (27 evaluations of the 10,000 test images at depth 56; 81 grid points x 512

@@ -119,6 +119,27 @@ def _identity_block(
     return params, flax.traverse_util.unflatten_dict(flat_stats, sep='/')
 
 
+def replace_by_identity(
+    layout: models.Layout, variables: PyTree, block: str, moments: dict
+) -> PyTree:
+    """{'params', 'batch_stats'} of `variables` with plain block `block` (stride 1, as many
+    channels in as out) replaced by the identity for its inputs, as the construction makes
+    added blocks (exact in eval mode: its input is a ReLU output, x >= 0); `moments` are
+    `block_input_moments` of the net, whose entry for the block before gives the BN
+    statistics. ValueError for a residual block or one that changes the shape."""
+    spec = layout.block(block)
+    if spec.residual or spec.stride != 1 or spec.channels_in != spec.channels_out:
+        raise ValueError(
+            f'{block!r} is a residual block or changes the shape: only a stride-1 plain block '
+            'with as many channels in as out can be replaced by the identity'
+        )
+    before = layout.names[layout.names.index(block) - 1]
+    params, stats = _identity_block(
+        spec, variables['params'], variables.get('batch_stats', {}), *moments[before]
+    )
+    return {**variables, 'params': params, 'batch_stats': stats}
+
+
 def block_input_moments(
     model: Any, variables: PyTree, images: np.ndarray, batch: int = 256
 ) -> dict[str, tuple[jax.Array, jax.Array]]:

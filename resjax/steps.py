@@ -167,6 +167,7 @@ def make_train_step(
                 act_grads = jax.tree.map(lambda g: g / n, act_grads)
             probe.update(signals.activation_signals(intermediates, act_grads, model.preactivation))
             probe.update(blocks.block_signals(intermediates, layout))
+            probe.update(blocks.descent_cosines(intermediates, act_grads, layout))
             probe['grad_norm/global'] = metrics['train/grad_norm']
             probe['probe/loss'] = loss
             metrics = {'train': metrics, 'probes': probe}

@@ -176,3 +176,53 @@ def test_construction_refuses_a_source_it_cannot_extend():
     construct.check_compatible(p, p)
     with pytest.raises(ValueError, match='all_projection'):
         construct.check_compatible(p, q)
+
+
+def test_descent_cosines_against_numpy_on_hand_made_activations():
+    rng = np.random.default_rng(0)
+    h = {n: rng.normal(size=(4, 6, 6, 3)) for n in ('000_stem', '001_s1_b1', '002_s1_b2')}
+    h['003_s2_b1'] = rng.normal(size=(4, 3, 3, 6))  # A shape change: no cosine.
+    h['002_s1_b2'] = h['001_s1_b1'].copy()  # A block that changes nothing: cosine 0.
+    branch = rng.normal(size=(4, 6, 6, 3))
+    inter = {n: {'output': (jnp.asarray(v, jnp.float32),)} for n, v in h.items()}
+    inter['001_s1_b1']['branch'] = (jnp.asarray(branch, jnp.float32),)
+    g = {n: {'output': jnp.asarray(rng.normal(size=v.shape), jnp.float32)} for n, v in h.items()}
+    out = blocks.descent_cosines(inter, g)
+    assert sorted(out) == [
+        'branch_descent_cos/001_s1_b1', 'descent_cos/001_s1_b1', 'descent_cos/002_s1_b2'
+    ]  # fmt: skip
+
+    def cos(a, b):
+        return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    down = -np.asarray(g['000_stem']['output'], np.float64)
+    assert float(out['descent_cos/001_s1_b1']) == pytest.approx(
+        cos(h['001_s1_b1'] - h['000_stem'], down), abs=1e-6
+    )
+    assert float(out['branch_descent_cos/001_s1_b1']) == pytest.approx(cos(branch, down), abs=1e-6)
+    assert float(out['descent_cos/002_s1_b2']) == 0.0
+    # A change along the negative gradient has cosine 1.
+    inter['001_s1_b1']['output'] = (jnp.asarray(h['000_stem'] + 0.1 * down, jnp.float32),)
+    out = blocks.descent_cosines(inter, g)
+    assert float(out['descent_cos/001_s1_b1']) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_plain_block_replaced_by_the_identity_passes_its_input_exactly():
+    model = _net(14, residual=False)
+    x = jax.random.normal(jax.random.PRNGKey(9), (16, 8, 8, 3))
+    variables = _randomise(
+        model.init(jax.random.PRNGKey(10), x, train=False), jax.random.PRNGKey(11)
+    )
+    moments = construct.block_input_moments(model, variables, np.asarray(x))
+    lay = model.layout()
+    lesioned = construct.replace_by_identity(lay, variables, '002_stage1_block2', moments)
+    test = jax.random.normal(jax.random.PRNGKey(12), (16, 8, 8, 3))  # Not the calibration set.
+    before = dict(blocks.block_outputs(_intermediates(model, variables, test)))
+    after = dict(blocks.block_outputs(_intermediates(model, lesioned, test)))
+    np.testing.assert_allclose(after['002_stage1_block2'], after['001_stage1_block1'], atol=1e-5)
+    np.testing.assert_array_equal(after['001_stage1_block1'], before['001_stage1_block1'])
+    assert float(jnp.max(jnp.abs(before['002_stage1_block2'] - before['001_stage1_block1']))) > 0.1
+    for block in ('003_stage2_block1', '001_stage1_block1'):  # Shape change; a residual net's.
+        target = lay if block.startswith('003') else _net(14, residual=True).layout()
+        with pytest.raises(ValueError, match='only a stride-1 plain block'):
+            construct.replace_by_identity(target, variables, block, moments)

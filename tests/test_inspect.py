@@ -144,13 +144,15 @@ def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
 
 
 def _lesioned(run, block):
-    state = run.state.replace(params=lesion.lesion_params(run, block))
+    v = lesion.lesion_variables(run, block)
+    state = run.state.replace(params=v['params'], batch_stats=v['batch_stats'])
     return dataclasses.replace(run, state=state)
 
 
 def test_lesion_removes_exactly_the_residual_branch(run):
-    blocks = lesion.residual_blocks(run)
+    blocks = lesion.lesion_blocks(run)
     assert [b['shortcut'] for b in blocks] == ['identity', 'identity_pad', 'identity_pad']
+    assert {b['lesion'] for b in blocks} == {'branch removed'}
     name = blocks[0]['block']
     # The block's output is its input: branch gone, identity shortcut kept.
     images = jnp.asarray(runs.train_examples(run, 8)['image'])
@@ -168,7 +170,10 @@ def test_lesion_removes_exactly_the_residual_branch(run):
     assert common.evaluate(again, batches)['loss'] == common.evaluate(zero_branch, batches)['loss']
     plain = run.config.copy_and_resolve_references()
     plain.model.residual = False
-    assert lesion.residual_blocks(dataclasses.replace(run, config=plain)) == []
+    # A plain net's lesions: the blocks that keep their shape (here the first of 3 stages).
+    assert lesion.lesion_blocks(dataclasses.replace(run, config=plain)) == [
+        {'block': name, 'shortcut': None, 'lesion': 'identity'}
+    ]
 
 
 def test_inspection_is_read_only_and_writes_real_pngs(workdir, tmp_path):

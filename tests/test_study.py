@@ -169,7 +169,7 @@ def test_tiny_study_numbers_match_metrics(tiny):
     for fid in ('spectrum', 'landscape', 'lesion'):
         assert findings[fid]['verdict'] != 'not available', findings[fid]['text']
     lesion = json.load(open(os.path.join(workdir, 'inspect', 'lesion', 'lesion.json')))
-    assert set(lesion) == {'ResNet-8'}
+    assert set(lesion) == {'ResNet-8', 'plain-8'}  # The plain net's lesions: (a)'s control.
     intact = lesion['ResNet-8']['test_error_intact']
     assert findings['lesion']['numbers']['ResNet-8']['intact'] == intact
     assert f'ResNet-8: intact {100 * intact:.2f}%' in findings['lesion']['text']
@@ -182,10 +182,19 @@ def test_tiny_study_numbers_match_metrics(tiny):
         np.median([v for k, v in row.items() if k.startswith(prefix + '/')])
     )
     q = findings['question_residual']['numbers']
-    assert q['resnet_branch_ratio_median'] == pytest.approx(
-        median(last('resnet8_bn_s0'), 'branch_ratio')
+    assert q['resnet_branch_ratio_end']['values'] == [
+        pytest.approx(median(last('resnet8_bn_s0'), 'branch_ratio'))
+    ]
+    assert q['cka_plain_end']['mean'] == pytest.approx(median(last('plain8_bn_s0'), 'cka'))
+    assert q['descent_cos_resnet_end']['mean'] == pytest.approx(
+        median(last('resnet8_bn_s0'), 'descent_cos')
     )
-    assert q['plain_cka_median'] == pytest.approx(median(last('plain8_bn_s0'), 'cka'))
+    plain_lesions = lesion['plain-8']
+    assert [b['lesion'] for b in plain_lesions['blocks']] == ['identity']
+    assert q['lesion_increase_plain'] == pytest.approx(
+        plain_lesions['blocks'][0]['test_error'] - plain_lesions['test_error_intact']
+    )
+    assert findings['question_residual']['verdict'].endswith('provisional: one seed')
     q = findings['question_places']['numbers']
     assert q['plain_global'] == last('plain8_bn_s0')['init_distance/global'] > 0
     q = findings['question_solver']['numbers']

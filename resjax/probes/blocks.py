@@ -22,6 +22,15 @@ block before, the stem for the first block):
 - `cka/<block>`: linear CKA (Kornblith et al. 2019, eq. 5, with centred features) between
   h_{k-1} and h_k, one example per row: 1 means the two represent the examples alike up to a
   rotation and scale; `cka_matrix` gives every pair of blocks.
+- `descent_cos/<block>`: cos(h_k - h_{k-1}, -dL/dh_{k-1}), the cosine between the change the
+  block makes and the negative gradient of the mean loss at its input (Jastrzebski et al. 2018:
+  a block that refines its input moves it downhill, cosine > 0); blocks whose input and output
+  shapes agree, plain and residual alike, so the two nets are compared on one definition.
+  `branch_descent_cos/<block>`: the same with the residual branch F(x) in place of the change
+  (residual blocks of that kind only). Cosines over every element, batch included; 0 where the
+  change or the gradient is exactly 0 (a constructed identity block: no direction). Needs the
+  activation gradients, so only the train step's probes have them (BN as that step's: training
+  mode).
 - `init_distance/<layer>`: ||W_t - W_0|| / ||W_0|| of each conv and dense layer (kernel and bias
   together) from the run's initial parameters (a constructed run's: its identity blocks);
   `init_distance/global` over every parameter, BN's included.
@@ -115,6 +124,31 @@ def block_signals(intermediates: PyTree, layout: Layout | None = None) -> dict[s
         out[f'branch_ratio/{block}'] = _norm(flat[f'{block}/branch'][0]) / _norm(
             flat[f'{block}/shortcut'][0]
         )
+    return out
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    den = _norm(a) * _norm(b)
+    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def descent_cosines(
+    intermediates: PyTree, activation_grads: PyTree, layout: Layout | None = None
+) -> dict[str, jax.Array]:
+    """`descent_cos/` and `branch_descent_cos/` of every block whose input and output shapes
+    agree (module docstring), from one forward pass's 'intermediates' and the gradients of the
+    mean loss w.r.t. the observed activations (`signals.value_and_grads`), blocks in `layout`'s
+    order."""
+    outputs = block_outputs(intermediates, layout)
+    grads, flat, out = _flat(activation_grads), _flat(intermediates), {}
+    for (prev, before), (name, after) in zip(outputs, outputs[1:]):
+        if before.shape != after.shape:
+            continue
+        downhill = -grads[f'{prev}/output']
+        out[f'descent_cos/{name}'] = _cosine(after - before, downhill)
+        if f'{name}/branch' in flat:
+            out[f'branch_descent_cos/{name}'] = _cosine(flat[f'{name}/branch'][0], downhill)
     return out
 
 

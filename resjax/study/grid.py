@@ -200,8 +200,8 @@ def load_status(workdir: str) -> dict:
 def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, list[RunSpec]]:
     """Which runs each inspection figure uses: the spectrum and the 2-D landscape take the
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
-    plain net are passed over); the lesion takes every residual net of
-    that norm and seed; the block probes take the spectrum's pair and the constructed runs of
+    plain net are passed over); the lesion takes every residual net of that norm and seed and
+    the deepest plain net; the block probes take the spectrum's pair and the constructed runs of
     that depth. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
@@ -219,7 +219,8 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     return {
         'spectrum': pair,
         'landscape2d': pair,
-        'lesion': [s for s in pool if s.residual],
+        # The deepest plain net too: its blocks replaced by the identity are the contrast.
+        'lesion': [s for s in pool if s.residual] + [s for s in pair if not s.residual],
         'blocks': pair + [s for s in built if s.depth == deepest],
     }
 

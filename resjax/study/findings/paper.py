@@ -285,8 +285,8 @@ def lesion(ev: Evidence) -> Claim | str | None:
         return 'the lesion study of finished ResNets'
 
     def describe(v):
-        if not v['blocks']:
-            return None
+        if not any(b['shortcut'] for b in v['blocks']):
+            return None  # A plain net's lesions are (a)'s control (question_residual).
         base = v['test_error_intact']
         ident = [b['test_error'] - base for b in v['blocks'] if b['shortcut'] == 'identity']
         down = [b['test_error'] - base for b in v['blocks'] if b['shortcut'] != 'identity']

@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from resjax.probes import signals
-from resjax.study.findings.base import Claim, Evidence, finding, pct, times
+from resjax.study.findings.base import (
+    Claim,
+    Evidence,
+    finding,
+    gap,
+    pct,
+    seed_note,
+    seeds_of,
+    times,
+)
 from resjax.study.numbers import RunData, added_block_drift, added_blocks
 
 FOLKLORE = (
@@ -80,103 +89,186 @@ def _median(row: dict, prefix: str) -> float | None:
     return float(np.median(values)) if values else None
 
 
+GRADIENTS_RULE = (
+    f'the gradients of a net vanish in a seed iff its first/last conv weight-gradient norm ratio '
+    f'falls below {VANISHING_BELOW} at some probe step (training-mode BN, the probe batch). '
+    "Supports the folklore iff the deepest plain net's gradients vanish in every seed and the "
+    "ResNet's in none; contradicts it iff the plain net's vanish in no seed (there is nothing "
+    "for the shortcut to fix) or the ResNet's vanish in every seed too (the shortcut does not "
+    'fix it); undecided otherwise (the seeds disagree)'
+)
+
+
 @finding('question_gradients', 2, 'Do gradients vanish?', FOLKLORE, question='Do gradients vanish?')
 def question_gradients(ev: Evidence) -> Claim | str:
-    """The first/last conv weight-gradient ratio at every probe step of the deepest nets."""
-    depth, plain, resnet = _deepest_pair(ev)
-    if plain is None:
+    """The first/last conv weight-gradient ratio at every probe step of the deepest nets, per
+    seed."""
+    depth, pairs = deepest_pairs(ev)
+    if not pairs:
         return f'a finished plain-{depth} with probe rows'
-    nums, parts, vanishing = {}, [], []
-    for run in (plain, resnet):
-        if run is None:
+    nums: dict = {'seeds': [p.spec.seed for p, _ in pairs]}
+    vanish: dict[str, list[bool]] = {}
+    vanish_low: dict[str, list[float]] = {}
+    parts = []
+    for kind, runs in (('plain', [p for p, _ in pairs]), ('resnet', [r for _, r in pairs if r])):
+        if not runs:
             continue
-        rows = run.probe_rows()
-        ratios = {s: signals.first_last_ratio(r, 'grad_norm') for s, r in sorted(rows.items())}
-        act = {s: signals.first_last_ratio(r, 'act_grad_norm') for s, r in sorted(rows.items())}
-        low, high = min(ratios.values()), max(ratios.values())
-        nums[run.spec.name] = {
-            'grad_ratio_by_step': ratios,
-            'act_grad_ratio_by_step': act,
-            'min_grad_ratio': low,
-        }
-        if low < VANISHING_BELOW:
-            vanishing.append(run.spec.label)
+        lows, inits, acts = [], [], []
+        for run in runs:
+            rows = run.probe_rows()
+            ratios = {s: signals.first_last_ratio(r, 'grad_norm') for s, r in sorted(rows.items())}
+            act = {s: signals.first_last_ratio(r, 'act_grad_norm') for s, r in sorted(rows.items())}
+            lows.append(min(ratios.values()))
+            inits.append(ratios[min(ratios)])
+            acts.append(act[max(act)])
+            nums[run.spec.name] = {'grad_ratio_by_step': ratios, 'act_grad_ratio_by_step': act,
+                                   'min_grad_ratio': min(ratios.values())}  # fmt: skip
+        vanish[kind] = [low < VANISHING_BELOW for low in lows]
+        vanish_low[kind] = lows
+        low, init, act_last = seeds_of(lows), seeds_of(inits), seeds_of(acts)
+        nums[f'{kind}_min_grad_ratio'] = low.json()
         parts.append(
-            f'{run.spec.label}: first/last conv weight-gradient norm {times(ratios[min(ratios)])} '
-            f'at init, between {times(low)} and {times(high)} over {len(ratios)} probes to step '
-            f'{max(ratios)} (activation gradients, stem over last block: '
-            f'{times(act[min(act)])} at init, {times(act[max(act)])} at the last probe)'
+            f'{runs[0].spec.label}: first/last conv weight-gradient norm {times(init.mean)} at '
+            f'init (mean over seeds), lowest over the probes {low.show(times)}; activation '
+            f'gradients, stem over last block, {act_last.show(times)} at the last probe'
         )
-    verdict = 'vanishing' if vanishing else 'no vanishing gradients'
+    plain_all, plain_none = all(vanish['plain']), not any(vanish['plain'])
+    res = vanish.get('resnet')
+    if plain_none or (res is not None and all(res)):
+        verdict = 'contradicts the folklore'
+    elif plain_all and res is not None and not any(res):
+        verdict = 'supports the folklore'
+    else:
+        verdict = 'undecided'
+    nums['vanishing'] = vanish
     text = '; '.join(parts) + '. '
-    text += (
-        f'Gradients vanish in {", ".join(vanishing)}.'
-        if vanishing
-        else "No net's input-side gradient falls below 1/10 of its output-side one: the "
-        "plain net's trouble is not vanishing gradients, contradicting the folklore"
-        + (
-            ' (they grow towards the input instead).'
-            if nums[plain.spec.name]['min_grad_ratio'] > 1
-            else '.'
-        )
-    )
-    rule = (
-        f'vanishing iff the first/last conv gradient-norm ratio is below {VANISHING_BELOW} at '
-        'some probe step (training-mode BN, the probe batch)'
-    )
-    return Claim(text, rule, verdict, nums)
+    text += {
+        'contradicts the folklore': (
+            "The plain net's input-side gradient never falls below 1/10 of its output-side "
+            'one: its trouble is not vanishing gradients'
+            + (' (they grow towards the input instead)' if min(vanish_low['plain']) > 1 else '')
+            + '.'
+            if plain_none
+            else "The ResNet's gradients vanish as well: the shortcut does not fix them."
+        ),
+        'supports the folklore': "The plain net's gradients vanish and the ResNet's do not.",
+        'undecided': 'The seeds disagree, or a net is missing: the runs cannot decide.',
+    }[verdict]
+    return Claim(text, GRADIENTS_RULE, verdict + seed_note(seeds_of(vanish_low['plain'])), nums)
+
+
+LESION_MARGIN = 0.01  # test error: a lesion difference (plain vs ResNet) that counts
+DESCENT_MARGIN = 0.05  # cosine: a descent-cosine difference that counts
+RESIDUAL_RULE = (
+    'claim (a) predicts three things of the deepest trained nets, each tested against a '
+    'control, a difference counting only beyond its margin and the seed-to-seed range: '
+    f'(1) lesions: removing one stride-1 block (a ResNet branch; a plain block replaced by the '
+    f'identity) raises the test error less in the ResNet than in the plain net (median over '
+    f'blocks; margin {LESION_MARGIN:g}); the opposite order fails it; '
+    f"(2) refinement: the median cosine between a ResNet block's change and the negative "
+    "gradient at its input exceeds both the plain net's and its own at step 0 (margin "
+    f'{DESCENT_MARGIN:g}); a plain net above the ResNet fails it; '
+    f"(3) small learned branches: the ResNet's median branch ratio at the end is below "
+    f'{SMALL_BRANCH:g} and not above its step-0 value; at or above {SMALL_BRANCH:g} and grown '
+    'since step 0 fails it. Supports (a) iff every test that could be measured holds (at least '
+    'two); contradicts (a) iff none holds and at least one fails; undecided otherwise'
+)
+
+
+def _lesion_increase(result: dict | None) -> float | None:
+    """Median test-error increase over a lesion result's blocks that keep their shape (a
+    ResNet's identity-shortcut branches, a plain net's identity replacements)."""
+    if not result or not result.get('blocks'):
+        return None
+    base = result['test_error_intact']
+    ups = [b['test_error'] - base for b in result['blocks'] if b['shortcut'] in ('identity', None)]
+    return float(np.median(ups)) if ups else None
+
+
+def _first_probe(run: RunData) -> dict:
+    probes = run.probe_rows()
+    return probes[min(probes)] if probes else {}
 
 
 @finding('question_residual', 8, 'Why is the residual easier?', CLAIM_A,
          question='Why is the residual easier to learn (a)?')  # fmt: skip
 def question_residual(ev: Evidence) -> Claim | str:
-    """Branch ratio, block change and consecutive CKA at the last probe, deepest nets."""
-    depth, plain, resnet = _deepest_pair(ev)
-    if plain is None or resnet is None:
+    """Lesions, descent cosines and branch ratios of the deepest pair against their controls
+    (module docstring of `resjax.probes.blocks` for the probes' definitions)."""
+    depth, pairs = deepest_pairs(ev)
+    pairs = [(p, r) for p, r in pairs if r is not None]
+    if not pairs:
         return f'finished plain-{depth} and ResNet-{depth} runs with block probes'
-    p, r = _last_probe(plain), _last_probe(resnet)
-    nums = {
-        'step': max(resnet.probe_rows()),
-        'resnet_branch_ratio_median': _median(r, 'branch_ratio'),
-        'resnet_branch_ratio_max': max(signals.profile(r, 'branch_ratio')[1], default=None),
-        'plain_block_change_median': _median(p, 'block_change'),
-        'resnet_block_change_median': _median(r, 'block_change'),
-        'plain_cka_median': _median(p, 'cka'),
-        'resnet_cka_median': _median(r, 'cka'),
+    last_r = [_last_probe(r) for _, r in pairs]
+    if None in [_median(row, 'branch_ratio') for row in last_r]:
+        return "block probes (branch_ratio/, descent_cos/) in the runs' metrics"
+    med = lambda rows, prefix: seeds_of(_median(row, prefix) for row in rows)  # noqa: E731
+    init_r, init_p = [_first_probe(r) for _, r in pairs], [_first_probe(p) for p, _ in pairs]
+    last_p = [_last_probe(p) for p, _ in pairs]
+    branch_end, branch_init = med(last_r, 'branch_ratio'), med(init_r, 'branch_ratio')
+    cka = {k: med(rows, 'cka') for k, rows in
+           (('resnet_end', last_r), ('resnet_init', init_r), ('plain_end', last_p),
+            ('plain_init', init_p))}  # fmt: skip
+    nums: dict = {
+        'step': max(pairs[0][1].probe_rows()),
+        'seeds': [p.spec.seed for p, _ in pairs],
+        'resnet_branch_ratio_end': branch_end.json(),
+        'resnet_branch_ratio_init': branch_init.json(),
+        **{f'cka_{k}': v.json() for k, v in cka.items()},
     }
-    if None in nums.values():
-        return "block probes (branch_ratio/, block_change/, cka/) in the runs' metrics"
-    small_branch = nums['resnet_branch_ratio_median'] < SMALL_BRANCH
-    smaller_change = nums['resnet_block_change_median'] < nums['plain_block_change_median']
-    more_alike = nums['resnet_cka_median'] > nums['plain_cka_median']
-    nums.update(small_branch=small_branch, smaller_change=smaller_change, more_alike=more_alike)
-    held = sum((small_branch, smaller_change, more_alike))
-    verdict = {3: 'supports (a)', 0: 'contradicts (a)'}.get(held, 'partly supports (a)')
-    text = (
-        f'At the last probe (step {nums["step"]}, training-mode BN on the probe batch): '
-        f"ResNet-{depth}'s residual branches are {times(nums['resnet_branch_ratio_median'])} the "
-        f'size of their shortcut input (median over blocks; largest '
-        f'{times(nums["resnet_branch_ratio_max"])}). A block changes its input by '
-        f'{nums["resnet_block_change_median"]:.3g} (relative, median) in ResNet-{depth} and '
-        f'{nums["plain_block_change_median"]:.3g} in plain-{depth}; linear CKA between '
-        f'consecutive block outputs is {nums["resnet_cka_median"]:.3f} vs '
-        f'{nums["plain_cka_median"]:.3f}. '
-        + (
-            'So the residual blocks do make small changes and the plain blocks larger ones.'
-            if held == 3
-            else f'{held} of the 3 conditions hold'
-            + ('' if small_branch else ': the residual branches are not small')
-            + '.'
+    tests: dict[str, int] = {}
+    parts = []
+    plain_label, res_label = pairs[0][0].spec.label, pairs[0][1].spec.label
+    lesions = ev.inspection.get('lesion') or {}
+    up_p, up_r = (_lesion_increase(lesions.get(label)) for label in (plain_label, res_label))
+    if up_p is not None and up_r is not None:
+        a, b = seeds_of([up_p]), seeds_of([up_r])  # Inspection covers the first seed.
+        tests['lesion'] = gap(a, b, LESION_MARGIN)
+        nums.update(lesion_increase_plain=up_p, lesion_increase_resnet=up_r)
+        parts.append(
+            f"(1) Lesions (control: the plain net's stride-1 blocks replaced by the identity; "
+            f'first seed, BN eval mode): removing one block adds {pct(up_r)} test error to '
+            f'{res_label} and {pct(up_p)} to {plain_label} (medians over blocks)'
         )
+    if all(_median(row, 'descent_cos') is not None for row in last_r + last_p + init_r):
+        d_end, d_init = med(last_r, 'descent_cos'), med(init_r, 'descent_cos')
+        d_plain = med(last_p, 'descent_cos')
+        g_plain, g_init = gap(d_end, d_plain, DESCENT_MARGIN), gap(d_end, d_init, DESCENT_MARGIN)
+        tests['refinement'] = 1 if g_plain == g_init == 1 else -1 if g_plain == -1 else 0
+        nums.update(descent_cos_resnet_end=d_end.json(), descent_cos_resnet_init=d_init.json(),
+                    descent_cos_plain_end=d_plain.json())  # fmt: skip
+        parts.append(
+            f"(2) Refinement (controls: the same blocks at step 0, and the plain net's): the "
+            f"median cosine between a block's change and the negative gradient at its input is "
+            f'{d_end.show()} in {res_label} at step {nums["step"]}, {d_init.show()} at step 0, '
+            f'and {d_plain.show()} in {plain_label}'
+        )
+    g_branch = gap(branch_end, branch_init)
+    small = branch_end.mean < SMALL_BRANCH
+    grew = g_branch == 1
+    tests['small_branches'] = 1 if small and not grew else -1 if not small and grew else 0
+    parts.append(
+        f'(3) Branch size (control: the branches at step 0, where BatchNorm alone makes them '
+        f"small, De & Smith 2020): {res_label}'s median ||F(x)|| / ||x|| is "
+        f'{branch_end.show()} at the end and {branch_init.show()} at step 0'
     )
-    rule = (
-        f"supports (a) iff the ResNet's median branch ratio is below {SMALL_BRANCH} (the branch "
-        'at most half of what the shortcut carries), its median block change is below the plain '
-        "net's, and its median consecutive CKA above the plain net's; contradicts (a) iff none "
-        'holds; block change is not scale-invariant (a plain block re-normalises its output), '
-        'CKA is'
+    parts.append(
+        f'Consecutive-block linear CKA, descriptive (scale-invariant): {res_label} '
+        f'{cka["resnet_end"].show()} (step 0: {cka["resnet_init"].show()}), {plain_label} '
+        f'{cka["plain_end"].show()} (step 0: {cka["plain_init"].show()})'
     )
-    return Claim(text, rule, verdict, nums)
+    held = [k for k, v in tests.items() if v == 1]
+    failed = [k for k, v in tests.items() if v == -1]
+    if len(tests) >= 2 and len(held) == len(tests):
+        verdict = 'supports (a)'
+    elif not held and failed:
+        verdict = 'contradicts (a)'
+    else:
+        verdict = 'undecided'
+    nums['tests'] = tests
+    label = {1: 'holds', -1: 'fails', 0: 'within the spread or margin'}
+    text = '. '.join(parts) + '. ' + '; '.join(f'{k}: {label[v]}' for k, v in tests.items())
+    return Claim(text + '.', RESIDUAL_RULE, verdict + seed_note(branch_end), nums)
 
 
 def _constructed(ev: Evidence) -> tuple[RunData | None, RunData | None]:
