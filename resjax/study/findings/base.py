@@ -139,12 +139,14 @@ class Evidence:
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """A finding's result: the statement with its numbers, the rule that decides the verdict,
-    the verdict, and every number as JSON."""
+    the verdict, and every number as JSON; `figure` replaces the registered figure number
+    (a finding whose evidence is drawn in another figure in some studies)."""
 
     text: str
     rule: str
     verdict: str
     numbers: dict
+    figure: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +213,7 @@ def compute_findings(
             out.append(
                 Finding(
                     fid,
-                    spec.figure,
+                    claim.figure or spec.figure,
                     title,
                     claim.text,
                     claim.rule,
