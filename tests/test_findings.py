@@ -2,6 +2,7 @@
 per verdict each finding can give."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -152,3 +153,20 @@ def test_solver_single_run_is_undecided():
     claim = _solver_claim(Evidence(config.study, runs, {}))
     assert claim.verdict == 'undecided' and 'uncontrolled' in claim.text
     assert claim.numbers['beats_random'] and claim.numbers['total'] == 12
+
+
+def test_solver_sweep_figure_13_has_a_panel_per_lr(tmp_path):
+    import matplotlib.image
+
+    from resjax.study import figures
+    from resjax.study.findings.sweep import sweep_runs
+
+    ev = _solver_evidence(_solver_config(), lambda role, lr, seed: (0.3, 0.3))
+    fig = figures.figure_sweep(sweep_runs(ev.study, ev.runs), str(tmp_path))
+    image = matplotlib.image.imread(fig['path'])
+    assert image.shape[:2] == (fig['height'], fig['width']) and fig['width'] > 2 * fig['height']
+    numbers = json.load(open(fig['path'][: -len('.png')] + '.json'))
+    assert len(numbers) == 10  # Five nets at each of two lrs.
+    built = numbers['plain14from8_lr0.1_bn_s0']
+    assert (built['lambda_max_step0'], built['two_over_lr']) == (3.0, 20.0)
+    assert built['start_train_error'] == pytest.approx(0.2)  # Its source's final one.
