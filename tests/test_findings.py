@@ -23,6 +23,8 @@ def _solver_config(seeds=(0,), lrs=(0.01, 0.1)):
     config = module.get_config()
     config.study.seeds = seeds
     config.study.constructed_lrs = lrs
+    # Rows of 10^5 examples: their sampling noise (< 0.4%) stays below the 0.5% margin.
+    config.train.log_every_steps, config.train.batch_size = 100, 1000
     return config
 
 
@@ -91,7 +93,7 @@ def test_solver_sweep_unstable_because_of_depth_and_supports_b():
     assert _solver_lr(claim, 0.1) == 'unstable because of depth'
     assert _solver_lr(claim, 0.01) == 'kept'
     assert claim.verdict == 'supports (b); provisional: one seed'
-    assert 'keeps its start at lr 0.01.' in claim.text
+    assert 'the built plain-14 keeps its start at lr 0.01.' in claim.text
     nets = claim.numbers['lrs'][1]['nets']
     assert nets['built_plain']['state'] == 'leaves' and nets['built_resnet']['state'] == 'keeps'
     assert nets['built_plain']['worst_train']['mean'] == 0.5
@@ -135,6 +137,31 @@ def test_solver_sweep_undecided_within_the_seed_spread():
     assert claim.verdict == 'undecided'  # Two seeds: not provisional.
     assert claim.numbers['claim_b']['spread'] == pytest.approx(0.2)
     assert '(15.00%-35.00% over 2 seeds)' in claim.text
+
+
+def test_solver_sweep_rises_within_the_rows_sampling_noise_are_unclear():
+    # Rows of 2 steps x 16 examples: a rise from 20% to 30% is within 2 standard errors (21%).
+    config = _solver_config()
+    config.train.log_every_steps, config.train.batch_size = 2, 16
+
+    def finals(role, lr, seed):
+        return (0.6, 0.6) if role == 'restart_random' else (0.3, 0.2)
+
+    claim = _solver_claim(_solver_evidence(config, finals))
+    lr = claim.numbers['lrs'][0]
+    assert lr['nets']['built_plain']['state'] == 'unclear' and lr['verdict'] == 'mixed/undecided'
+    noise = 2 * (0.2 * 0.8 / 32 + 0.3 * 0.7 / 32) ** 0.5
+    assert lr['nets']['built_plain']['train_noise'] == pytest.approx(noise)
+    assert 'differ by up to' in claim.text
+    # 60% against 30%: the difference exceeds 2 standard errors of those rows (24%).
+    assert claim.verdict.startswith('supports (b)')
+
+    # 35% against 30%: within the noise, and not shown equal either.
+    def close(role, lr, seed):
+        return (0.35, 0.35) if role == 'restart_random' else (0.3, 0.2)
+
+    claim = _solver_claim(_solver_evidence(config, close))
+    assert claim.verdict == 'undecided; provisional: one seed'
 
 
 def test_solver_sweep_not_available_until_its_runs_finish():

@@ -39,18 +39,21 @@ RULE = (
     "each sweep net restarts from its source's final state at a constant lr, fresh momentum, "
     "for study.constructed_steps steps; its start's training and test error are its source's "
     "final ones. Per seed, a net's rise = its final error (the last logged training row, "
-    "training-mode BN; the final eval) minus its start's: it *leaves* its start iff the rise in "
-    'training or test error exceeds the margin and the seed range of the rise (or it diverged), '
-    '*keeps* it iff both rises plus their seed range are within the margin, else unclear. Per '
-    'lr: "unstable because of depth" iff the built plain net leaves while the restarted plain '
-    'source and the built ResNet keep theirs; "a high-lr artefact" iff the built plain net, the '
-    'built ResNet and both restarted sources all leave; "kept" iff the built plain net keeps '
-    'it; "mixed/undecided" otherwise. Claim (b) against the control, the random-init plain net '
-    'of the built depth restarted for the same steps at the same lrs: each of the two taken at '
-    'its own best lr of the sweep (lowest mean final training error), supports (b) iff the '
-    'built net ends lower by more than the margin and the larger seed range (base.gap), '
-    'contradicts (b) iff it is not lower by more than the margin even allowing for that range '
-    '(difference + range <= margin), undecided otherwise'
+    "training-mode BN; the final eval) minus its start's. Its spread = the rise's seed range "
+    'or, for training errors, the sampling noise of two logged rows if larger, 2 sqrt(e1 (1 - '
+    'e1) / n1 + e2 (1 - e2) / n2) (n = train.log_every_steps x train.batch_size examples a row; '
+    'the largest over the seeds). It *leaves* its start iff the rise in training or test error '
+    'exceeds the margin and its spread (or it diverged), *keeps* it iff each rise plus its '
+    'spread is within the margin, else unclear. Per lr: "unstable because of depth" iff the '
+    'built plain net leaves while the restarted plain source and the built ResNet keep theirs; '
+    '"a high-lr artefact" iff the built plain net, the built ResNet and both restarted sources '
+    'all leave; "kept" iff the built plain net keeps it; "mixed/undecided" otherwise. Claim (b) '
+    'against the control, the random-init plain net of the built depth restarted for the same '
+    'steps at the same lrs, each of the two at its own best lr of the sweep (lowest mean final '
+    'training error): supports (b) iff the built net ends lower by more than the margin and the '
+    "spread (the larger seed range, base.gap, or the two rows' sampling noise), contradicts (b) "
+    'iff it is not lower by more than the margin even at the edge of that spread (difference + '
+    'spread <= margin), undecided otherwise'
 )
 
 
@@ -100,12 +103,25 @@ def sweep_runs(
     return out
 
 
-def _rise(d: Seeds, margin: float) -> int:
-    """+1 if the rise d exceeds the margin and its seed range (`base.gap` against 0); -1 if d
-    plus its seed range is within the margin; 0 otherwise."""
-    if gap(d, ZERO, margin) == 1:
+def _rise(d: Seeds, margin: float, noise: float = 0.0) -> int:
+    """+1 if the rise d exceeds the margin, its seed range and the sampling `noise`
+    (`base.gap` against 0); -1 if d plus the larger of its seed range and the noise is within
+    the margin; 0 otherwise."""
+    if gap(d, ZERO, max(margin, noise)) == 1:
         return 1
-    return -1 if d.mean + d.range <= margin else 0
+    return -1 if d.mean + max(d.range, noise) <= margin else 0
+
+
+def row_examples(run: RunData) -> int:
+    """The training examples behind one logged `train/accuracy` row of `run`: a full row's
+    `train.log_every_steps` x `train.batch_size` (a run's last row may average fewer steps)."""
+    return run.spec.config.train.log_every_steps * run.spec.config.train.batch_size
+
+
+def row_noise(e1: float, n1: int, e2: float, n2: int) -> float:
+    """Twice the binomial standard error of the difference of two error rates measured on
+    n1 and n2 independent examples: what two logged training rows differ by from sampling."""
+    return 2 * (e1 * (1 - e1) / n1 + e2 * (1 - e2) / n2) ** 0.5
 
 
 def _net(per_seed: list[dict], margin: float) -> dict:
@@ -117,9 +133,11 @@ def _net(per_seed: list[dict], margin: float) -> dict:
         return out
     up_train = seeds_of(p['final_train_error'] - p['start_train_error'] for p in per_seed)
     up_test = seeds_of(p['final_test_error'] - p['start_test_error'] for p in per_seed)
-    rises = (_rise(up_train, margin), _rise(up_test, margin))
+    noise = max(p['train_noise'] for p in per_seed)
+    rises = (_rise(up_train, margin, noise), _rise(up_test, margin))
     out.update(
         diverged=False,
+        train_noise=noise,
         rise_train=up_train.json(),
         rise_test=up_test.json(),
         start_train=seeds_of(p['start_train_error'] for p in per_seed).json(),
@@ -140,6 +158,10 @@ def _per_seed(ev: Evidence, net: dict) -> dict:
     _, acc = run.series('train/accuracy')
     steps, lam = run.series('hessian/lambda_max')
     lam0 = float(lam[0]) if len(lam) and steps[0] == 0 else None
+    start, end = net['start_train_error'], n['final_train_error']
+    noise = None
+    if start is not None and end is not None:
+        noise = row_noise(start, row_examples(net['source']), end, row_examples(run))
     return {
         'run': run.spec.name,
         'diverged': run.state == 'diverged',
@@ -151,6 +173,8 @@ def _per_seed(ev: Evidence, net: dict) -> dict:
         'lambda_max_step0': lam0,
         'two_over_lr': 2 / run.spec.lr,
         'sharpness_ratio': lam0 / (2 / run.spec.lr) if lam0 is not None else None,
+        'row_examples': row_examples(run),
+        'train_noise': noise,
     }
 
 
@@ -215,11 +239,13 @@ def solver_sweep(ev: Evidence) -> Claim | str:
         lrs.append((float(lr), verdict, nets))
         nums['lrs'].append({'lr': float(lr), 'verdict': verdict, 'nets': nets})
         shown = '; '.join(_show_net(labels[k], v) for k, v in nets.items())
+        noise = max((v['train_noise'] for v in nets.values() if 'train_noise' in v), default=0)
+        shown += f' (two training rows differ by up to {pct(noise)} from sampling alone)'
         parts.append(f'At lr {lr:g} (2/lr = {2 / lr:.3g}): {shown}. So at lr {lr:g}: {verdict}.')
     # Claim (b): the built net against the random-init one, each at its best lr.
     best = {}
     for role in ('built_plain', 'restart_random'):
-        options = [(Seeds(tuple(n[role]['final_train']['values'])), lr)
+        options = [(Seeds(tuple(n[role]['final_train']['values'])), lr, n[role]['seeds'])
                    for lr, _, n in lrs if not n[role].get('diverged')]  # fmt: skip
         best[role] = min(options, key=lambda o: o[0].mean) if options else None
     source = first[0]['nets']['built_plain']['source'].spec
@@ -240,17 +266,22 @@ def solver_sweep(ev: Evidence) -> Claim | str:
     )
     kept = [f'{lr:g}' for lr, v, _ in lrs if v == KEPT]
     text += (
-        f' The built plain-{deep} keeps its start at lr {", ".join(kept)}.'
+        f' By the rule the built plain-{deep} keeps its start at lr {", ".join(kept)}.'
         if kept
-        else f' The built plain-{deep} keeps its start at no lr of the sweep.'
+        else f' At no lr of the sweep is the built plain-{deep} shown to keep its start.'
     )
     if best['built_plain'] is None or best['restart_random'] is None:
         verdict = 'undecided'
         text += ' One of the two nets diverged at every lr: (b) is not decided here.'
         return _claim(text, verdict, nums)
-    (b, b_lr), (r, r_lr) = best['built_plain'], best['restart_random']
+    (b, b_lr, b_seeds), (r, r_lr, r_seeds) = best['built_plain'], best['restart_random']
     spread = max(b.range, r.range)
     d = r.mean - b.mean
+    noise = max(
+        row_noise(x['final_train_error'], x['row_examples'], y['final_train_error'],
+                  y['row_examples'])
+        for x, y in zip(b_seeds, r_seeds)
+    )  # fmt: skip
     nums['claim_b'] = {
         'built_best_lr': b_lr,
         'built_final_train_error': b.json(),
@@ -258,6 +289,7 @@ def solver_sweep(ev: Evidence) -> Claim | str:
         'random_init_final_train_error': r.json(),
         'difference': d,
         'spread': spread,
+        'noise': noise,
     }
     text += (
         f' Against the control, plain-{deep} from random init restarted at the same lrs (in '
@@ -268,13 +300,13 @@ def solver_sweep(ev: Evidence) -> Claim | str:
         + f'): at its best lr ({r_lr:g}) it ends at {r.show(pct)} training error, the built '
         f'plain-{deep} at its best lr ({b_lr:g}) at {b.show(pct)}. '
     )
-    if gap(r, b, margin) == 1:
+    if gap(r, b, max(margin, noise)) == 1:
         verdict = 'supports (b)'
         text += (
             f'A plain-{deep} with lower training error exists, and SGD from random init does '
             'not reach it in the same number of steps at any lr of the sweep, as (b) says.'
         )
-    elif d + spread <= margin:
+    elif d + max(spread, noise) <= margin:
         verdict = 'contradicts (b)'
         text += (
             'The constructed start gives no lower training error than random init with the '
@@ -282,7 +314,10 @@ def solver_sweep(ev: Evidence) -> Claim | str:
         )
     else:
         verdict = 'undecided'
-        text += 'The difference is within the seed spread: (b) is not decided here.'
+        text += (
+            f"The difference is within the seed spread or the rows' sampling noise "
+            f'({pct(noise)}): (b) is not decided here.'
+        )
     verdict += seed_note(b, r)
     return _claim(text, verdict, nums)
 
