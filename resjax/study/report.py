@@ -178,6 +178,12 @@ def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> 
         f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
         f'{list(s.residual)}, norm {list(s.norms)}, seeds {list(s.seeds)}. Every run: {recipe}'
         + ''.join(f'; override "{o}"' for o in s.overrides)
+        + (
+            f'; constructed-solution sweep ({", ".join(s.constructed)}): {s.constructed_steps} '
+            f'steps at each constant lr {list(s.constructed_lrs)}, no warm-up'
+            if s.constructed_lrs
+            else ''
+        )
         + f'. Signal probes every {config.probes.every_steps} steps, sharpness every '
         f'{config.probes.hessian_every_steps} ({config.probes.hessian_batch} batch, BN '
         f"{config.probes.bn_mode} mode). Every number below is computed from the runs' "

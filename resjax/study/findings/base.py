@@ -122,9 +122,14 @@ class Evidence:
         return sorted({r.spec.seed for r in self.runs if r.state == 'finished'})
 
     def first_seed_finished(self) -> list[RunData]:
-        """The finished runs of the grid's first seed."""
+        """The finished runs of the grid's first seed (not the `study.constructed_lrs` sweep's
+        short runs at other lrs: `findings.sweep` reads those)."""
         seed = min(r.spec.seed for r in self.runs)
-        return [r for r in self.runs if r.state == 'finished' and r.spec.seed == seed]
+        return [
+            r
+            for r in self.runs
+            if r.state == 'finished' and r.spec.seed == seed and r.spec.lr is None
+        ]
 
     def plain_and_residual(self, per_net: dict[str, dict], key: str) -> tuple[Any, Any]:
         """`key` of the first plain and the first residual net in `per_net` (keyed by run

@@ -268,10 +268,10 @@ def question_solver(ev: Evidence) -> Claim | str | None:
     text += '. '
     total = source.spec.config.train.steps + built.spec.config.train.steps
     text += (
-        f'This single run is uncontrolled: its source is not restarted at the same lr, no ResNet '
-        f'is built beside it, and it has {total} steps of training against the random-init '
-        f"net's {plain.spec.config.train.steps if plain else '?'}, so it cannot decide (b); "
-        'study.constructed_lrs runs the controlled sweep.'
+        'This single run is uncontrolled: its source is not restarted at the same lr, no ResNet '
+        f'is built beside it, and it has {total} steps of training in all'
+        + (f" against the random-init net's {plain.spec.config.train.steps}" if plain else '')
+        + ', so it cannot decide (b); study.constructed_lrs runs the controlled sweep.'
     )
     verdict = 'undecided'
     if not ends_no_worse:
