@@ -223,7 +223,8 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
     plain net are passed over); the lesion takes every residual net of
     that norm and seed; the block probes take the spectrum's pair and the constructed runs of
-    that depth. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
+    that depth (not the `study.constructed_lrs` sweep's). `max_depth` > 0 leaves out deeper
+    nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
         s
