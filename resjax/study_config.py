@@ -24,6 +24,14 @@ def default_study_config() -> ml_collections.ConfigDict:
     # trained plain-20's and whose added blocks are identities (train.init_from), trained with
     # the same recipe after the grid; one run per norm and seed of the grid.
     s.constructed = ()
+    # The constructed solution as a controlled sweep (resjax/study/grid.py, docs/study.md): for
+    # each `constructed` entry 'a->b', norm, seed and lr here, `constructed_steps` steps at that
+    # constant lr (no warm-up, fresh optimizer) of plain-b built from plain-a, ResNet-b built
+    # from ResNet-a, and plain-a, ResNet-a and plain-b (random init) each restarted from itself.
+    # () = off: the single `constructed` run with the grid's recipe instead; e.g.
+    # (0.001, 0.01, 0.1).
+    s.constructed_lrs = ()
+    s.constructed_steps = 200
     # Degradation (He et al. 2015) is "reproduced" when the deepest plain net's final training
     # error exceeds the shallowest's by more than this (absolute, fraction of examples).
     s.degradation_margin = 0.005
@@ -61,3 +69,4 @@ def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:
     s.inspect.slq_draws = 1
     s.inspect.grid = 5
     s.inspect.chunk = 25
+    s.constructed_steps = min(s.constructed_steps, 10)

@@ -415,3 +415,98 @@ def test_a_second_process_leaves_inspection_to_the_one_holding_it(tiny, tmp_path
         handle.close()
     me = f'pid {os.getpid()} on {socket.gethostname()}'
     assert result == {'status': 'elsewhere', 'holder': me}
+
+
+def _sweep_config(**study_keys):
+    """The tiny study with the constructed-solution sweep at lrs 0.01 and 0.1 (and `study_keys`)."""
+    config = tiny_config()
+    config.study.constructed_lrs = (0.01, 0.1)
+    config.study.update(study_keys)
+    return config
+
+
+def test_sweep_runs_names_configs_and_order(tmp_path):
+    specs = study.expand_grid(_sweep_config(), str(tmp_path))
+    names = [s.name for s in specs]
+    sweep = [
+        f'{net}_lr{lr}_bn_s0'
+        for lr in ('0.01', '0.1')
+        for net in ('plain14from8', 'resnet14from8', 'plain8from8', 'resnet8from8', 'plain14from14')
+    ]
+    # The sweep replaces the single constructed run (plain14from8_bn_s0).
+    assert names == ['plain8_bn_s0', 'resnet8_bn_s0', 'plain14_bn_s0', *sweep]
+    grid = {s.name: s for s in specs if s.lr is None}
+    for i, s in enumerate(specs[3:], 3):
+        t, p = s.config.train, s.config.probes
+        assert s.lr == t.lr == float(s.name.split('_lr')[1].split('_')[0])
+        assert (t.schedule, t.warmup_steps, t.steps) == ('constant', 0, 200)
+        source = grid[s.source]
+        assert t.init_from == source.workdir and names.index(s.source) < i  # Trains after it.
+        assert (source.residual, source.depth) == (s.residual, s.source_depth)
+        assert s.group is None  # Not averaged with the grid's points.
+        assert p.hessian_every_steps > 0 and p.every_steps == p.init_angle_every_steps == 0
+        assert (s.config.model.depth, s.config.model.residual) == (s.depth, s.residual)
+    by_name = {s.name: s for s in specs}
+    assert by_name['plain14from8_lr0.1_bn_s0'].source == 'plain8_bn_s0'
+    assert by_name['resnet14from8_lr0.1_bn_s0'].source == 'resnet8_bn_s0'
+    assert by_name['plain14from14_lr0.1_bn_s0'].label == 'plain-14 restarted at lr 0.1'
+    # ResNet-8's recipe probes sharpness every 3 steps; the others' is off: once, at step 0.
+    assert by_name['resnet8from8_lr0.1_bn_s0'].config.probes.hessian_every_steps == 3
+    assert by_name['plain8from8_lr0.1_bn_s0'].config.probes.hessian_every_steps == 200
+    # Without the sweep the grid is as before.
+    assert [s.name for s in study.expand_grid(tiny_config(), str(tmp_path))][-1] == (
+        'plain14from8_bn_s0'
+    )
+
+
+def test_sweep_runs_only_the_seeds_whose_grid_holds_every_source(tmp_path):
+    config = _sweep_config(seeds=(0, 1), exclude=('depth=8 seed=1',))
+    names = [s.name for s in study.expand_grid(config, str(tmp_path)) if s.lr is not None]
+    assert names and all(n.endswith('_s0') for n in names)
+
+
+@pytest.mark.parametrize(
+    'study_keys, message',
+    [
+        ({'exclude': ('depth=8 residual=true',)}, "entry '8->14' starts from resnet8_bn_s0, "
+         'which the grid leaves out'),
+        ({'exclude': ('depth=14',)}, "entry '8->14' starts from plain14_bn_s0"),
+        ({'constructed': ()}, 'study.constructed_lrs needs study.constructed entries'),
+        ({'residual': (False,)}, 'add True to study.residual'),
+        ({'constructed_lrs': (0.1, 0.0)}, 'tuple of positive learning rates'),
+        ({'constructed_lrs': (0.1, 0.1)}, 'repeats a learning rate'),
+        ({'constructed_steps': 0}, 'study.constructed_steps=0 must be a positive integer'),
+    ],
+)  # fmt: skip
+def test_sweep_bad_config_is_one_line_error(tmp_path, study_keys, message):
+    with pytest.raises(study.StudyError, match=message) as e:
+        study.run_study(_sweep_config(**study_keys), str(tmp_path))
+    assert '\n' not in str(e.value) and not os.listdir(tmp_path)
+
+
+def test_list_prints_the_sweep_runs_after_their_sources(tmp_path):
+    from absl import flags
+    from ml_collections import config_flags
+
+    work = str(tmp_path / 'w')
+    out = subprocess.run(
+        _script('--config', TINY, '--workdir', work, '--list',
+                '--config.study.constructed_lrs=(0.01, 0.1)'),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    specs = study.expand_grid(_sweep_config(), work)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(specs) == 13
+    for line, spec in zip(lines, specs):
+        command, comment = line.split('  # ')
+        after = f', after {spec.source} finishes' if spec.source else ''
+        assert comment == f'{spec.name}: missing{after}'
+        args = ['train.py', *shlex.split(command)[2:]]
+        parsed = flags.FlagValues()
+        config_flags.DEFINE_config_file('config', None, '', flag_values=parsed, sys_argv=args)
+        flags.DEFINE_string('workdir', None, '', flag_values=parsed)
+        parsed(args)
+        got = parsed.config.to_dict()
+        del got['study']
+        assert (got, parsed.workdir) == (spec.config.to_dict(), spec.workdir), spec.name

@@ -15,6 +15,9 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
   (`'20->56'`): after the grid, a plain net of the deeper depth built from each plain run of
   the shallow depth (blocks copied, added blocks identities: `resjax.construct`), trained with
   the same recipe; run `plain56from20_<norm>_s<seed>`.
+- `study.constructed_lrs`, `study.constructed_steps`: the constructed solution as a controlled
+  sweep instead (`grid._sweep_specs`, docs/study.md): per entry, norm, seed and lr, the built
+  plain and residual nets and three restarts, `constructed_steps` steps at that constant lr.
 - `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
 - `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
   which of them to draw (`figures`).

@@ -155,6 +155,34 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
             )
     for text in s.exclude:
         parse_selector(text, f'study.exclude entry {text!r}')
+    _check_sweep(s)
+
+
+def _check_sweep(s: ml_collections.ConfigDict) -> None:
+    """`study.constructed_lrs` and `study.constructed_steps`: positive numbers, and a grid
+    with constructed entries and residual nets to build and restart."""
+    lrs = s.constructed_lrs
+    if not isinstance(lrs, tuple | list) or any(
+        isinstance(x, bool) or not isinstance(x, int | float) or not x > 0 for x in lrs
+    ):
+        raise StudyError(
+            f'study.constructed_lrs={lrs!r} must be a tuple of positive learning rates, e.g. '
+            '(0.001, 0.01, 0.1), or () for none'
+        )
+    if len(set(lrs)) != len(lrs):
+        raise StudyError(f'study.constructed_lrs={tuple(lrs)!r} repeats a learning rate')
+    steps = s.constructed_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise StudyError(f'study.constructed_steps={steps!r} must be a positive integer')
+    if lrs and not s.constructed:
+        raise StudyError(
+            'study.constructed_lrs needs study.constructed entries (e.g. "20->56") to sweep'
+        )
+    if lrs and True not in s.residual:
+        raise StudyError(
+            "study.constructed_lrs builds ResNets from the grid's ResNets; add True to "
+            f'study.residual (now {tuple(s.residual)})'
+        )
 
 
 def _check_inspection(inspect: ml_collections.ConfigDict) -> None:

@@ -240,7 +240,7 @@ def inspection_figure(workdir: str, figure: str) -> tuple[dict | None, dict | No
 
 def _question_runs(runs: list[RunData]) -> list[RunData]:
     """The first norm's and seed's runs with probe rows: grid nets, then constructed ones."""
-    runs = [r for r in runs if r.probe_rows()]
+    runs = [r for r in runs if r.probe_rows() and r.spec.lr is None]  # Not the sweep's runs.
     if not runs:
         return []
     norm, seed = _norms(runs)[0], min(r.spec.seed for r in runs)
@@ -380,7 +380,7 @@ def figure_constructed(runs: list[RunData], fig_dir: str) -> dict | None:
     its source (dotted line: the source's final error), and the random-init nets of its depth.
     Right: its added blocks over training: the change they make (median) and their layers'
     distance from the identity kernels (median)."""
-    built = [r for r in runs if r.spec.source and r.rows]
+    built = [r for r in runs if r.spec.source and r.spec.lr is None and r.rows]
     if not built:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -431,3 +431,63 @@ def figure_constructed(runs: list[RunData], fig_dir: str) -> dict | None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, fig_dir, 'fig11_constructed', numbers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 13: the constructed-solution sweep (`study.constructed_lrs`).
+
+SWEEP_STYLES = {  # grid.SWEEP_NETS role -> line colour
+    'built_plain': 'tab:red',
+    'built_resnet': 'tab:blue',
+    'restart_plain': 'tab:orange',
+    'restart_resnet': 'tab:cyan',
+    'restart_random': 'tab:gray',
+}
+
+
+def figure_sweep(sweep: list[dict], fig_dir: str) -> dict | None:
+    """Fig. 13: one panel per lr of the constructed-solution sweep (first norm and seed): the
+    training error (training-mode BN, the mean of each logged row) vs step of its five nets,
+    each start's error (its source's final training error) a dashed line of its colour, and
+    lambda_max at step 0 against 2/lr in the legend. `sweep`: per lr, {'lr', 'nets': {role:
+    {'label', 'run': RunData, 'start_train_error'}}} (`findings.question.sweep_runs`)."""
+    panels = [p for p in sweep if any(n['run'].rows for n in p['nets'].values())]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    numbers, top = {}, 0.0
+    for ax, panel in zip(axes[0], panels):
+        lr = panel['lr']
+        for role, net in panel['nets'].items():
+            run, color = net['run'], SWEEP_STYLES[role]
+            steps, acc = run.series('train/accuracy')
+            lam_steps, lam = run.series('hessian/lambda_max')
+            lam0 = float(lam[0]) if len(lam) and lam_steps[0] == 0 else None
+            sharp = f'lambda_max(0) {lam0:.3g}' if lam0 is not None else 'no lambda_max(0)'
+            label = f'{net["label"]} ({sharp})'
+            built = role.startswith('built')  # On top, bold: the restarts are their controls.
+            style = {'marker': 'o', 'lw': 2, 'zorder': 3} if built else {'marker': 's', 'lw': 1}
+            ax.plot(steps, 100 * (1 - acc), '-', ms=3, color=color, label=label, **style)
+            start = net['start_train_error']
+            if start is not None:
+                ax.axhline(100 * start, color=color, ls='--', lw=1)
+                top = max(top, 100 * start)
+            if len(acc):
+                top = max(top, 100 * float(np.max(1 - acc)))
+            numbers[run.spec.name] = {
+                'lr': lr,
+                'steps': steps.tolist(),
+                'train_error': (1 - acc).tolist(),
+                'start_train_error': start,
+                'lambda_max_step0': lam0,
+                'two_over_lr': 2 / lr,
+            }
+        ax.set_title(f'lr {lr:g} (constant; 2/lr = {2 / lr:.3g})', fontsize=10)
+        ax.set_xlabel('step of the restart')
+        ax.set_ylabel('training error (%)')
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, title='dashed: its start', title_fontsize=6)
+    for ax in axes[0]:
+        ax.set_ylim(0, min(100, max(5.0, 1.15 * top)))
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig13_sweep', numbers)

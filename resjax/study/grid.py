@@ -41,13 +41,23 @@ class RunSpec:
     config: ml_collections.ConfigDict
     workdir: str
     source: str | None = None  # A constructed run: the grid run it starts from.
+    lr: float | None = None  # A `study.constructed_lrs` run: its constant learning rate.
 
     @property
     def label(self) -> str:
         """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
-        library labels its figures' runs the same way); a constructed run's says so."""
+        library labels its figures' runs the same way); a constructed run's says so, and a
+        sweep run's names its lr ('plain-20 restarted at lr 0.01')."""
         label = models.run_label(self.config.model)
+        if self.lr is not None:
+            how = 'restarted' if self.source_depth == self.depth else f'built from {self.source}'
+            return f'{label} {how} at lr {self.lr:g}'
         return f'{label} built from {self.source}' if self.source else label
+
+    @property
+    def source_depth(self) -> int:
+        """The depth of the run it starts from (0 for a grid run), read off its name."""
+        return int(self.name.split('from')[1].split('_')[0]) if self.source else 0
 
     @property
     def group(self) -> tuple[int, bool, str] | None:
@@ -56,12 +66,21 @@ class RunSpec:
         return None if self.source else (self.depth, self.residual, self.norm)
 
 
-def run_name(depth: int, residual: bool, norm: str, seed: int, source_depth: int = 0) -> str:
-    """`plain56_bn_s0`, `resnet20_nobn_s1`, `plain56from20_bn_s0` (constructed from plain-20):
-    the run's directory under `<workdir>/runs/`."""
+def run_name(
+    depth: int,
+    residual: bool,
+    norm: str,
+    seed: int,
+    source_depth: int = 0,
+    lr: float | None = None,
+) -> str:
+    """`plain56_bn_s0`, `resnet20_nobn_s1`, `plain56from20_bn_s0` (constructed from plain-20),
+    `plain20from20_lr0.01_bn_s0` (a `study.constructed_lrs` run at lr 0.01): the run's
+    directory under `<workdir>/runs/`."""
     kind = 'resnet' if residual else 'plain'
     built = f'from{source_depth}' if source_depth else ''
-    return f'{kind}{depth}{built}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
+    at = f'_lr{lr:g}' if lr is not None else ''
+    return f'{kind}{depth}{built}{at}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
 
 
 def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec]:
@@ -100,6 +119,8 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
                 name, depth, residual, norm, seed, c.lock(), os.path.join(workdir, 'runs', name)
             )
         )
+    if s.constructed_lrs:  # The controlled sweep replaces the single constructed runs.
+        return specs + _sweep_specs(s, base, overrides, specs, workdir)
     return specs + _constructed_specs(s, base, overrides, specs, workdir)
 
 
@@ -202,14 +223,15 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
     plain net are passed over); the lesion takes every residual net of that norm and seed and
     the deepest plain net; the block probes take the spectrum's pair and the constructed runs of
-    that depth. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
+    that depth (not the `study.constructed_lrs` sweep's). `max_depth` > 0 leaves out deeper
+    nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
         s
         for s in specs
         if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
     ]
-    built = [s for s in pool if s.source]
+    built = [s for s in pool if s.source and s.lr is None]  # Not the sweep's short runs.
     pool = [s for s in pool if not s.source]
     if not pool:
         return {}
@@ -289,3 +311,85 @@ def train_command(
         if key not in base or base[key] != value or type(base[key]) is not type(value):
             argv.append(f'--config.{key}={_flag_value(value)}')
     return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# The constructed solution as a controlled sweep (`study.constructed_lrs`).
+
+# The nets of the sweep, for each entry 'a->b': (its depth, residual, its source's depth and
+# residual), as 'a' and 'b' resolve them. In the order they train after their sources.
+SWEEP_NETS = (
+    ('built_plain', 'b', False, 'a'),  # plain-b built from plain-a (He et al.'s construction)
+    ('built_resnet', 'b', True, 'a'),  # ResNet-b built from ResNet-a
+    ('restart_plain', 'a', False, 'a'),  # plain-a restarted from itself
+    ('restart_resnet', 'a', True, 'a'),  # ResNet-a restarted from itself
+    ('restart_random', 'b', False, 'b'),  # plain-b of random init restarted from itself
+)
+
+
+def sweep_run_name(role: str, shallow: int, deep: int, norm: str, seed: int, lr: float) -> str:
+    """The run name of net `role` (`SWEEP_NETS`) of entry `shallow->deep` at `lr`, e.g.
+    `plain56from20_lr0.01_bn_s0` (built_plain), `plain56from56_lr0.01_bn_s0` (restart_random)."""
+    _, depth, residual, source = next(n for n in SWEEP_NETS if n[0] == role)
+    pick = {'a': shallow, 'b': deep}
+    return run_name(pick[depth], residual, norm, seed, pick[source], lr)
+
+
+def _sweep_specs(
+    s: ml_collections.ConfigDict,
+    base: dict,
+    overrides: list[Override],
+    grid: list[RunSpec],
+    workdir: str,
+) -> list[RunSpec]:
+    """The `study.constructed_lrs` runs, after the grid: for each entry 'a->b', (norm, seed) of
+    the grid and lr, the `SWEEP_NETS`, each starting (`train.init_from`) from its grid source's
+    final checkpoint and trained for `study.constructed_steps` steps at that constant lr, no
+    warm-up, a fresh optimizer; otherwise the recipe (overrides included) of its own grid
+    point, with the signal and angle probes off and the sharpness probe on at step 0 (every
+    `probes.hessian_every_steps`, or once if that is 0). A run that two entries share is listed
+    once. Only the (norm, seed) points whose grid runs hold all five sources are swept; raises
+    StudyError if no point does (`study.exclude`, `study.depths`)."""
+    out: dict[str, RunSpec] = {}
+    by_name = {g.name: g for g in grid}
+    points = sorted({(g.norm, g.seed) for g in grid}, key=lambda p: (p[0] != 'batch', p[1]))
+    for text in s.constructed:
+        shallow, deep = parse_constructed(text)
+        pick = {'a': shallow, 'b': deep}
+        sources = {  # Every source of each (norm, seed) point.
+            p: [run_name(pick[src], residual, *p) for _, _, residual, src in SWEEP_NETS]
+            for p in points
+        }
+        # The points whose grid runs hold every source: a point the grid trains only in part
+        # (e.g. a second seed of the deep nets alone) is not swept, so no sweep lacks a control.
+        swept = [p for p in points if all(n in by_name for n in sources[p])]
+        if not swept:
+            missing = next(n for n in sources[points[0]] if n not in by_name)
+            raise StudyError(
+                f'study.constructed_lrs: entry {text!r} starts from {missing}, which the grid '
+                'leaves out (study.exclude or study.depths); add it to the grid or drop '
+                'study.constructed_lrs'
+            )
+        for (norm, seed), lr in itertools.product(swept, s.constructed_lrs):
+            for _, depth, residual, source_depth in SWEEP_NETS:
+                depth, source_depth = pick[depth], pick[source_depth]
+                source = by_name[run_name(source_depth, residual, norm, seed)]
+                name = run_name(depth, residual, norm, seed, source_depth, lr)
+                if name in out:
+                    continue
+                c = run_config(base, overrides, depth, residual, norm, seed)
+                t, p = c.train, c.probes
+                t.lr, t.schedule, t.warmup_steps = float(lr), 'constant', 0
+                t.steps = s.constructed_steps
+                p.every_steps = p.init_angle_every_steps = 0
+                p.hessian_every_steps = p.hessian_every_steps or s.constructed_steps
+                try:
+                    train.validate_config(c)  # Before init_from: the source may not exist yet.
+                except train.ConfigError as e:
+                    raise StudyError(f'run {name}: {e}') from None
+                c.train.init_from = source.workdir
+                out[name] = RunSpec(
+                    name, depth, residual, norm, seed, c.lock(),
+                    os.path.join(workdir, 'runs', name), source=source.name, lr=float(lr),
+                )  # fmt: skip
+    return list(out.values())

@@ -13,6 +13,7 @@ from resjax import plots
 from resjax.logs import format_seconds
 from resjax.study import figures as draw
 from resjax.study.findings import cap, compute_findings, pct
+from resjax.study.findings.sweep import sweep_runs
 from resjax.study.grid import (
     DIVERGED,
     ERROR_FILE,
@@ -40,6 +41,7 @@ SECTIONS = {
     10: ('Distance from init', 'fig10_distance'),
     11: ('The constructed solution (He et al. 2015, Sec. 4.1)', 'fig11_constructed'),
     12: ('CKA between every pair of blocks, and block probes of the final nets', 'blocks'),
+    13: ('The constructed solution as a controlled lr sweep', 'fig13_sweep'),
 }
 # Inspection figures: report number -> the inspection probe that draws it.
 INSPECTED = {5: 'spectrum', 6: 'landscape2d', 7: 'lesion', 12: 'blocks'}
@@ -64,8 +66,10 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
         9: draw.figure_cka(runs, fig_dir),
         10: draw.figure_distance(runs, fig_dir),
     }
-    if config.study.constructed:
+    if config.study.constructed and not config.study.constructed_lrs:
         figures[11] = draw.figure_constructed(runs, fig_dir)
+    if config.study.constructed_lrs:
+        figures[13] = draw.figure_sweep(sweep_runs(config.study, runs), fig_dir)
     inspection, targets = {}, inspection_targets(specs, config.study.inspect.max_depth)
     notes: dict[int, str] = {}  # Why an inspection figure is left out or out of date.
     for number, name in INSPECTED.items():
@@ -174,6 +178,12 @@ def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> 
         f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
         f'{list(s.residual)}, norm {list(s.norms)}, seeds {list(s.seeds)}. Every run: {recipe}'
         + ''.join(f'; override "{o}"' for o in s.overrides)
+        + (
+            f'; constructed-solution sweep ({", ".join(s.constructed)}): {s.constructed_steps} '
+            f'steps at each constant lr {list(s.constructed_lrs)}, no warm-up'
+            if s.constructed_lrs
+            else ''
+        )
         + f'. Signal probes every {config.probes.every_steps} steps, sharpness every '
         f'{config.probes.hessian_every_steps} ({config.probes.hessian_batch} batch, BN '
         f"{config.probes.bn_mode} mode). Every number below is computed from the runs' "

@@ -7,7 +7,8 @@ It returns a `Claim`, or a string naming what is missing (the report says "not a
 None when the grid cannot pose the question (one depth only). Adding a finding is one function.
 
 Modules: `base` (the framework and `compute_findings`), `paper` (findings 1-7, the papers'
-claims), `question` (the question's sub-questions). Importing the package registers every
+claims), `question` (the question's sub-questions), `sweep` (claim (b) from the constructed-solution
+sweep, `study.constructed_lrs`). Importing the package registers every
 finding, `paper`'s first, in report order.
 """
 

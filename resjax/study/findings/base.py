@@ -122,9 +122,14 @@ class Evidence:
         return sorted({r.spec.seed for r in self.runs if r.state == 'finished'})
 
     def first_seed_finished(self) -> list[RunData]:
-        """The finished runs of the grid's first seed."""
+        """The finished runs of the grid's first seed (not the `study.constructed_lrs` sweep's
+        short runs at other lrs: `findings.sweep` reads those)."""
         seed = min(r.spec.seed for r in self.runs)
-        return [r for r in self.runs if r.state == 'finished' and r.spec.seed == seed]
+        return [
+            r
+            for r in self.runs
+            if r.state == 'finished' and r.spec.seed == seed and r.spec.lr is None
+        ]
 
     def plain_and_residual(self, per_net: dict[str, dict], key: str) -> tuple[Any, Any]:
         """`key` of the first plain and the first residual net in `per_net` (keyed by run
@@ -139,12 +144,14 @@ class Evidence:
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """A finding's result: the statement with its numbers, the rule that decides the verdict,
-    the verdict, and every number as JSON."""
+    the verdict, and every number as JSON; `figure` replaces the registered figure number
+    (a finding whose evidence is drawn in another figure in some studies)."""
 
     text: str
     rule: str
     verdict: str
     numbers: dict
+    figure: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +218,7 @@ def compute_findings(
             out.append(
                 Finding(
                     fid,
-                    spec.figure,
+                    claim.figure or spec.figure,
                     title,
                     claim.text,
                     claim.rule,

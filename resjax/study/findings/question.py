@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from resjax.probes import signals
+from resjax.study.findings import sweep
 from resjax.study.findings.base import (
     Claim,
     Evidence,
@@ -282,10 +283,14 @@ def _constructed(ev: Evidence) -> tuple[RunData | None, RunData | None]:
 @finding('question_solver', 11, 'Does the solver fail to find an existing solution?', CLAIM_B,
          question='Does the solver fail to find a solution that exists (b)?')  # fmt: skip
 def question_solver(ev: Evidence) -> Claim | str | None:
-    """The constructed plain net against its source, the random-init plain net of its depth and
-    the ResNet: training error, when it leaves the constructed solution, and how far."""
+    """With `study.constructed_lrs`, the controlled sweep (`sweep.solver_sweep`). Without it,
+    the single constructed plain net against its source, the random-init plain net of its depth
+    and the ResNet: training error, when it leaves the constructed solution, and how far; that
+    run has no control, so it leaves (b) undecided."""
     if not ev.study.constructed:
         return None
+    if ev.study.constructed_lrs:
+        return sweep.solver_sweep(ev)
     built, source = _constructed(ev)
     if built is None or source is None:
         return 'a finished constructed run (study.constructed) and its source run'
@@ -353,26 +358,22 @@ def question_solver(ev: Evidence) -> Claim | str | None:
     if nums['resnet_final_train_error'] is not None:
         text += f' and {pct(nums["resnet_final_train_error"])} for ResNet-{depth}'
     text += '. '
-    if beats_random:
-        text += (
-            'A deeper plain net with a lower training error than the random-init one exists '
-            'and is reachable by the same SGD from a good start: from random init the solver '
-            'does not find it, as (b) says.'
-        )
-        verdict = 'supports (b)'
-    else:
-        text += (
-            'The constructed start does not end better than random init, so these runs do not '
-            'show a better solution that SGD from random init misses.'
-        )
-        verdict = 'does not support (b)'
+    total = source.spec.config.train.steps + built.spec.config.train.steps
+    text += (
+        'This single run is uncontrolled: its source is not restarted at the same lr, no ResNet '
+        f'is built beside it, and it has {total} steps of training in all'
+        + (f" against the random-init net's {plain.spec.config.train.steps}" if plain else '')
+        + ', so it cannot decide (b); study.constructed_lrs runs the controlled sweep.'
+    )
+    verdict = 'undecided'
     if not ends_no_worse:
         verdict += '; SGD leaves the constructed solution'
-    nums.update(kept=kept, ends_no_worse=ends_no_worse, beats_random=beats_random)
+    nums.update(kept=kept, ends_no_worse=ends_no_worse, beats_random=beats_random, total=total)
     rule = (
-        'supports (b) iff the constructed run ends with training error lower than the random-init '
-        f'plain net of its depth by more than {pct(margin)}; "SGD leaves the constructed solution" '
-        "iff it ends above the source's final training error by more than that margin"
+        "without study.constructed_lrs, undecided: one constructed run with the grid's recipe "
+        'has no control (its source restarted at the same lr, a constructed ResNet, a random-init '
+        'run of as many steps); "SGD leaves the constructed solution" iff it ends above the '
+        f"source's final training error by more than {pct(margin)}"
     )
     return Claim(text, rule, verdict, nums)
 
