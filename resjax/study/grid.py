@@ -41,19 +41,24 @@ class RunSpec:
     config: ml_collections.ConfigDict
     workdir: str
     source: str | None = None  # A constructed run: the grid run it starts from.
+    data_seed: int | None = None  # An LMC partner (`study.lmc`): its grid run's data_seed.
 
     @property
     def label(self) -> str:
         """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
         library labels its figures' runs the same way); a constructed run's says so."""
         label = models.run_label(self.config.model)
+        if self.data_seed is not None:
+            return f'{label}, data order {self.data_seed}'
         return f'{label} built from {self.source}' if self.source else label
 
     @property
     def group(self) -> tuple[int, bool, str] | None:
         """The grid point without the seed: runs of one group are averaged in findings (None
-        for a constructed run: it is not a grid point)."""
-        return None if self.source else (self.depth, self.residual, self.norm)
+        for a constructed run or an LMC partner: neither is a grid point)."""
+        if self.source or self.data_seed is not None:
+            return None
+        return (self.depth, self.residual, self.norm)
 
 
 def run_name(depth: int, residual: bool, norm: str, seed: int, source_depth: int = 0) -> str:
@@ -100,7 +105,11 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
                 name, depth, residual, norm, seed, c.lock(), os.path.join(workdir, 'runs', name)
             )
         )
-    return specs + _constructed_specs(s, base, overrides, specs, workdir)
+    return (
+        specs
+        + _constructed_specs(s, base, overrides, specs, workdir)
+        + _lmc_specs(s, specs, workdir)
+    )
 
 
 def run_config(
@@ -202,7 +211,8 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
     plain net are passed over); the lesion takes every residual net of
     that norm and seed; the block probes take the spectrum's pair and the constructed runs of
-    that depth. `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
+    that depth; the barriers take `barrier_targets` (every seed). `max_depth` > 0 leaves out
+    deeper nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
         s
@@ -210,17 +220,17 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
         if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
     ]
     built = [s for s in pool if s.source]
-    pool = [s for s in pool if not s.source]
+    pool = [s for s in pool if not s.source and s.data_seed is None]
     if not pool:
         return {}
-    plain_depths = {s.depth for s in pool if not s.residual}
-    deepest = max(plain_depths) if plain_depths else max(s.depth for s in pool)
+    deepest = _deepest(pool)
     pair = [s for s in pool if s.depth == deepest]
     return {
         'spectrum': pair,
         'landscape2d': pair,
         'lesion': [s for s in pool if s.residual],
         'blocks': pair + [s for s in built if s.depth == deepest],
+        'barriers': barrier_targets(specs, max_depth),
     }
 
 
@@ -288,3 +298,72 @@ def train_command(
         if key not in base or base[key] != value or type(base[key]) is not type(value):
             argv.append(f'--config.{key}={_flag_value(value)}')
     return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear mode connectivity (`study.lmc`): a partner for each of the deepest plain and residual
+# grid runs, same init, another data order; and the barrier figure's runs.
+
+LMC_DATA_SEED_OFFSET = 1000  # A partner's data_seed = its run's seed + this (no grid seed's).
+
+
+def _deepest(pool: list[RunSpec]) -> int:
+    """The deepest depth with a plain net in `pool` (of them all if none is plain)."""
+    plain_depths = {s.depth for s in pool if not s.residual}
+    return max(plain_depths) if plain_depths else max(s.depth for s in pool)
+
+
+def _barrier_grid_runs(grid: list[RunSpec], max_depth: int = 0) -> list[RunSpec]:
+    """The grid runs of the first norm at the deepest depth with a plain net (up to
+    `max_depth` if > 0), every seed: the runs whose barriers figure 14 measures."""
+    norm = grid[0].norm if grid else ''
+    pool = [
+        g
+        for g in grid
+        if g.group is not None and g.norm == norm and (not max_depth or g.depth <= max_depth)
+    ]
+    if not pool:
+        return []
+    deepest = _deepest(pool)
+    return [g for g in pool if g.depth == deepest]
+
+
+def barrier_targets(specs: list[RunSpec], max_depth: int = 0) -> list[RunSpec]:
+    """The barrier figure's runs: `_barrier_grid_runs`, then their LMC partners (if any)."""
+    runs = _barrier_grid_runs(specs, max_depth)
+    keys = {(g.depth, g.residual, g.norm, g.seed) for g in runs}
+    partners = [
+        s
+        for s in specs
+        if s.data_seed is not None and (s.depth, s.residual, s.norm, s.seed) in keys
+    ]
+    return runs + partners
+
+
+def _lmc_specs(s: ml_collections.ConfigDict, grid: list[RunSpec], workdir: str) -> list[RunSpec]:
+    """With `study.lmc`, after every other run: for each run of `_barrier_grid_runs`, a
+    partner `<name>_d<data_seed>` with the run's config (same seed, hence the same init) but
+    `data_seed` = seed + LMC_DATA_SEED_OFFSET (another data order and augmentation) and its
+    probes off (they read the model, never change it; the partner is only interpolated)."""
+    if not s.lmc:
+        return []
+    out = []
+    for g in _barrier_grid_runs(grid, s.inspect.max_depth):
+        c = ml_collections.ConfigDict(g.config.to_dict())
+        c.data_seed = g.seed + LMC_DATA_SEED_OFFSET
+        c.probes.every_steps = c.probes.hessian_every_steps = 0
+        c.probes.init_angle_every_steps = 0
+        name = f'{g.name}_d{c.data_seed}'
+        out.append(
+            RunSpec(
+                name,
+                g.depth,
+                g.residual,
+                g.norm,
+                g.seed,
+                c.lock(),
+                os.path.join(workdir, 'runs', name),
+                data_seed=c.data_seed,
+            )  # fmt: skip
+        )
+    return out
