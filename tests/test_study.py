@@ -250,7 +250,7 @@ def test_tiny_study_figures_are_real_images(tiny):
         assert os.path.exists(fig['path'][: -len('.png')] + '.json')
     with open(os.path.join(workdir, 'report.html')) as f:
         page = f.read()
-    assert page.count('src="data:image/png;base64,') == 12
+    assert page.count('src="data:image/png;base64,') == 13
     assert 'src="figures/' not in page and 'Findings' in page
 
 

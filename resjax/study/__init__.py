@@ -15,6 +15,9 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
   (`'20->56'`): after the grid, a plain net of the deeper depth built from each plain run of
   the shallow depth (blocks copied, added blocks identities: `resjax.construct`), trained with
   the same recipe; run `plain56from20_<norm>_s<seed>`.
+- `study.lmc`: an LMC partner of each deepest plain and residual grid run of the first norm
+  (`grid.barrier_targets`): same config and init, `data_seed` = seed + 1000, probes off; run
+  `<name>_d<data_seed>`; figure 14 (`barriers`) measures the barrier between the two.
 - `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
 - `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
   which of them to draw (`figures`).
