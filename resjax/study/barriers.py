@@ -116,8 +116,9 @@ def draw_barriers(numbers: dict, opts: Any) -> Any:
     axes[0, 0].set_ylabel('mean cross-entropy (nats)')
     axes[1, 0].set_ylabel('error (fraction)')
     fig.suptitle(
-        f'Loss barriers on {opts.examples} training examples, BN eval mode with statistics '
-        f'recomputed on {opts.bn_examples} training examples at each point',
+        f'Loss and error on the first {opts.examples} training examples; BN eval mode, its '
+        f'statistics recomputed on the first {opts.bn_examples} training examples at each '
+        'point; dashed: the chord, dotted: the barrier',
         fontsize=9,
     )
     fig.tight_layout()

@@ -46,7 +46,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
-        library labels its figures' runs the same way); a constructed run's says so."""
+        library labels its figures' runs the same way); a constructed run's and an LMC
+        partner's say so."""
         label = models.run_label(self.config.model)
         if self.data_seed is not None:
             return f'{label}, data order {self.data_seed}'
