@@ -54,7 +54,15 @@ def get_config(arg=None):
     # seed-to-seed spread with each difference.
     config.study.seeds = (0, 1)
     config.study.exclude = ('depth=20 seed=1',)
-    config.study.constructed = ('20->56',)  # plain56from20_bn_s0, after the grid.
+    config.study.constructed = ('20->56',)
+    # (b) as a controlled sweep, after the grid (seed 0: the seed whose grid has the depth-20
+    # sources): at each constant lr, 200 steps of plain-56 and ResNet-56 built from the
+    # depth-20 nets, the depth-20 nets restarted, and plain-56 of random init restarted.
+    config.study.constructed_lrs = (0.001, 0.01, 0.1)
+    config.study.constructed_steps = 200
+    # 3 points: two logged training rows (25 x 128 examples at ~45% error) differ by up to
+    # ~2.5 points by sampling alone, so a smaller margin could never say a net keeps its start.
+    config.study.degradation_margin = 0.03
     # No lesion or 2-D landscape figures: on a CPU they cost more than the rest of the
     # inspection (27 evaluations of the 10,000 test images at depth 56; 81 grid points x 512
     # examples x 2 nets; docs/benchmarks.md); add 'lesion' or 'landscape2d' to

@@ -20,7 +20,10 @@ _FINALIZED: dict[int, weakref.ref] = {}
 def default_config() -> ml_collections.ConfigDict:
     """Every key resjax reads, with the ResNet paper's CIFAR-10 recipe as the values."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # the init (and, with data_seed None, the data order and augmentation)
+    # The data order and augmentation draws; None = `seed`. One seed with two data seeds: one
+    # init, two SGD noise draws (linear mode connectivity, Frankle et al. 2020).
+    c.data_seed = ml_collections.config_dict.placeholder(int)
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = 'cifar10'

@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,43 @@ def eval_sums(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
         'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
         'count': jnp.sum(mask),
     }
+
+
+def recomputed_batch_stats(model: nn.Module, params: PyTree, images: jax.Array) -> PyTree:
+    """BatchNorm running statistics recomputed at `params`: for every BatchNorm layer the
+    exact mean and (biased) variance of its input over all examples and pixels of `images`
+    (float32), the layers before it normalised by their own recomputed statistics: what a
+    training-mode forward pass over `images` as one batch uses, so eval mode with these
+    statistics is that pass's function (Frankle et al. 2020 reset BN after interpolating).
+    Not an EMA. A model without BatchNorm gives {}."""
+    if getattr(model, 'scan_blocks', False):  # The same parameter tree; a scan hides its calls.
+        model = model.clone(scan_blocks=False)
+    stats = {}
+
+    def grab(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__':
+            x = jnp.asarray(args[0], jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            stats[context.module.path + ('mean',)] = mean
+            stats[context.module.path + ('var',)] = jnp.mean(jnp.square(x - mean), axes)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        model.apply({'params': params}, images, train=True, mutable=['batch_stats'])
+    return flax.traverse_util.unflatten_dict(stats)
+
+
+@functools.cache
+def loss_and_accuracy_recomputed(model: nn.Module) -> Callable[[dict, dict, jax.Array], dict]:
+    """`f(variables, batch, bn_images) -> {'loss', 'accuracy'}`: `loss_and_accuracy(model,
+    'eval')` at `variables['params']` with the BatchNorm statistics recomputed on `bn_images`
+    (`recomputed_batch_stats`; `variables['batch_stats']` is not read), so a point between two
+    nets is scored as the function its parameters compute. One function per model."""
+    f = loss_and_accuracy(model, 'eval')
+
+    def g(variables, batch, bn_images):
+        stats = recomputed_batch_stats(model, variables['params'], bn_images)
+        return f({'params': variables['params'], 'batch_stats': stats}, batch)
+
+    return g

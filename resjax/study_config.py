@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion', 'blocks')
+INSPECT_FIGURES = ('spectrum', 'landscape2d', 'lesion', 'blocks', 'barriers')
 # The keys of `study.inspect` that are the study's own; every other key is an option of the
 # inspection library (`resjax.inspection.OPTIONS`, which checks them), passed to it as is.
 STUDY_INSPECT_KEYS = ('figures', 'max_depth')
@@ -35,6 +35,10 @@ def default_study_config() -> ml_collections.ConfigDict:
     # Degradation (He et al. 2015) is "reproduced" when the deepest plain net's final training
     # error exceeds the shallowest's by more than this (absolute, fraction of examples).
     s.degradation_margin = 0.005
+    # Linear mode connectivity (Frankle et al. 2020): for the first seed, a partner of the deepest
+    # plain and residual nets of the first norm, same init, another data order (data_seed),
+    # trained after the grid; figure 14 measures the loss barrier between the two solutions.
+    s.lmc = False
     s.inspect = ml_collections.ConfigDict()
     s.inspect.figures = INSPECT_FIGURES
     s.inspect.max_depth = 0  # inspect nets up to this depth; 0 = the deepest of the grid

@@ -99,6 +99,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
         raise ConfigError(f'train.steps={config.train.steps} must be positive')
     if not 0 <= config.seed < 2**31:
         raise ConfigError(f'seed={config.seed} must be an integer in [0, 2**31)')
+    ds = config.data_seed
+    if ds is not None and (isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds < 2**31):
+        raise ConfigError(f'data_seed={ds!r} must be None (= seed) or an integer in [0, 2**31)')
     started = workdir and os.path.isdir(os.path.join(workdir, construct.START_DIR))
     if config.train.init_from and not started:
         try:

@@ -53,6 +53,13 @@ def test_degenerate_inspection_options_are_refused(probe, option, value, message
         inspection.validate([probe], opts)
 
 
+def test_recomputed_bn_statistics_need_eval_mode():
+    opts = dataclasses.replace(inspection.Options(), bn_stats='recompute', bn_mode='train')
+    with pytest.raises(inspection.InspectError, match='--bn_stats=recompute .* --bn_mode=eval'):
+        inspection.validate(['interpolate'], opts)
+    inspection.validate(['interpolate'], dataclasses.replace(opts, bn_mode='eval'))
+
+
 def _quadratic():
     params = {'w': jnp.ones((3, 3, 1, 4)), 'b': jnp.zeros(4)}
 

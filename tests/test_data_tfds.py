@@ -136,6 +136,9 @@ def test_train_stream_is_deterministic_and_resumes_exactly(cifar10):
     cifar10.seed = 1
     other_seed = next(create_dataset(cifar10, 0, 1).train_batches(0))
     assert not np.array_equal(other_seed['image'], first[0]['image'])
+    cifar10.data_seed = 0  # data_seed, not seed, keys order and augmentation
+    np.testing.assert_array_equal(next(create_dataset(cifar10, 0, 1).train_batches(0))['image'],
+                                  first[0]['image'])  # fmt: skip
 
 
 def test_processes_get_disjoint_shares(cifar10):

@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from jax.flatten_util import ravel_pytree
 
-from resjax import config_lib, inspection, landscape, runs, train, xla
+from resjax import config_lib, inspection, landscape, models, objective, runs, train, xla
 from resjax.inspection import (
     common,
     interpolate,
@@ -141,6 +141,71 @@ def test_interpolation_endpoints_are_the_endpoint_losses(run, workdir):
     r = interpolate.interpolation(run, OPTS, other)
     loss = dict(zip(r['alphas'].tolist(), r['loss']))
     np.testing.assert_allclose(loss[0.0], common.evaluate(other, batches)['loss'], rtol=1e-5)
+
+
+def test_barrier_is_the_largest_rise_over_the_chord_on_0_1():
+    alphas = np.array([-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
+    values = np.array([9.0, 2.0, 2.5, 3.0, 1.0, 1.0, 9.0])  # chord 2, 1.75, 1.5, 1.25, 1
+    assert interpolate.barrier(alphas, values) == pytest.approx(1.5)
+    assert interpolate.barrier(alphas, np.array([0, 2, 1.5, 1, 0.5, 0, 0.0])) == 0.0
+
+
+def test_recomputed_bn_statistics_are_the_moments_of_each_bn_input(run):
+    """Against numpy: the mean and variance of each BN layer's input (the conv before it, in
+    a training-mode pass over the same images) over examples and pixels; eval mode with them
+    is that training-mode pass."""
+    images = jnp.asarray(runs.train_examples(run, 40)['image'])
+    params = run.state.params
+    stats = objective.recomputed_batch_stats(run.model, params, images)
+    variables = {'params': params, 'batch_stats': run.state.batch_stats}
+    logits, inter = run.model.apply(
+        variables, images, train=True, mutable=['batch_stats', 'intermediates'],
+        capture_intermediates=True,
+    )  # fmt: skip
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(stats))
+    assert len(flat) == len(jax.tree.leaves(run.state.batch_stats)) > 0
+    for (*layer, norm, _, moment), value in flat.items():
+        conv = inter['intermediates'][layer[0]][norm.replace('norm', 'conv')]['__call__'][0]
+        x = np.asarray(conv, np.float64).reshape(-1, conv.shape[-1])
+        want = x.mean(0) if moment == 'mean' else x.var(0)
+        np.testing.assert_allclose(value, want, rtol=2e-5, atol=1e-6)
+    evaluated = run.model.apply({'params': params, 'batch_stats': stats}, images, train=False)
+    np.testing.assert_allclose(evaluated, logits, rtol=1e-4, atol=1e-5)
+
+
+def test_recomputed_interpolation_ends_at_the_training_mode_loss(run):
+    """With the BN statistics recomputed on the probe examples themselves (one batch), the
+    eval-mode loss at alpha = 1 is the checkpoint's training-mode loss there; the stored
+    (EMA) statistics give another number, the same one as interpolating the statistics."""
+    opts = dataclasses.replace(
+        OPTS, batch=48, bn_examples=48, bn_stats='recompute', alpha_min=0.0, alpha_max=1.0,
+        grid=3,
+    )  # fmt: skip
+    r = interpolate.interpolate_numbers(run, opts)
+    batches = common.probe_batches(run, opts)
+    np.testing.assert_allclose(r['loss_end'], common.evaluate(run, batches, 'train')['loss'],
+                               rtol=1e-5)  # fmt: skip
+    plain = interpolate.interpolate_numbers(run, dataclasses.replace(opts, bn_stats='interpolate'))
+    np.testing.assert_allclose(plain['loss_end'], common.evaluate(run, batches)['loss'], rtol=1e-5)
+    assert abs(plain['loss_end'] - r['loss_end']) > 1e-3  # 6 steps: the EMA is mostly init's
+    assert r['bn_stats'] == 'recompute' and r['error_barrier'] >= 0
+
+
+def test_recomputed_and_interpolated_statistics_agree_without_bn():
+    c = config_lib.default_config().model
+    c.depth, c.width, c.norm = 8, 0.25, 'none'
+    model = models.create_model(c, 10)
+    x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+    start, end = (model.init(jax.random.key(i), x, train=False) for i in (1, 2))
+    batch = {'image': x, 'label': jnp.arange(16) % 10}
+    alphas = np.array([0.0, 0.3, 1.0])
+    a = landscape.interpolation(objective.loss_and_accuracy(model, 'eval'), start, end, alphas,
+                                batch)  # fmt: skip
+    b = landscape.interpolation(objective.loss_and_accuracy_recomputed(model), start, end,
+                                alphas, batch, state=x)  # fmt: skip
+    assert objective.recomputed_batch_stats(model, start['params'], x) == {}
+    np.testing.assert_array_equal(a['loss'], b['loss'])
+    np.testing.assert_array_equal(a['accuracy'], b['accuracy'])
 
 
 def _lesioned(run, block):

@@ -85,6 +85,33 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
     assert (r110.warmup, r110.warmup_steps) == ('constant', 400)
 
 
+def test_lmc_partners_share_the_init_and_stay_out_of_the_grid(tmp_path):
+    config = load_config('study_digits.py')
+    config.study.seeds, config.study.lmc = (0, 1), True
+    specs = study.expand_grid(config, str(tmp_path))
+    partners = [s for s in specs if s.data_seed is not None]
+    # The first seed's: a partner costs a full run (every seed has its init -> final barrier).
+    assert [s.name for s in partners] == ['plain56_bn_s0_d1000', 'resnet56_bn_s0_d1000']
+    assert specs[-2:] == partners  # trained after the grid
+    by_name = {s.name: s for s in specs}
+    for p in partners:
+        run = by_name[p.name.rsplit('_d', 1)[0]]
+        assert p.group is None and p.seed == run.seed and p.data_seed == run.seed + 1000
+        # The same config (hence the same init: it reads `seed`) but the data seed and probes.
+        a, b = (study.grid._leaves(s.config.to_dict()) for s in (p, run))
+        assert {k for k in a if a[k] != b[k]} == {
+            'data_seed', 'probes.every_steps', 'probes.hessian_every_steps'
+        }  # fmt: skip
+    targets = study.grid.inspection_targets(specs)
+    assert [s.name for s in targets['barriers']] == [
+        'plain56_bn_s0', 'plain56_bn_s1', 'resnet56_bn_s0', 'resnet56_bn_s1',
+        *[p.name for p in partners],
+    ]  # fmt: skip
+    assert not any(s.data_seed is not None for s in targets['spectrum'] + targets['lesion'])
+    config.study.lmc = False
+    assert not any(s.data_seed is not None for s in study.expand_grid(config, str(tmp_path)))
+
+
 @pytest.mark.parametrize(
     'edit, message',
     [
@@ -196,7 +223,13 @@ def test_tiny_study_numbers_match_metrics(tiny):
     )
     assert findings['question_residual']['verdict'].endswith('provisional: one seed')
     q = findings['question_places']['numbers']
-    assert q['plain_global'] == last('plain8_bn_s0')['init_distance/global'] > 0
+    distance = last('plain8_bn_s0')['init_distance/global']
+    assert q['plain_init_distance']['values'] == [pytest.approx(distance)] and distance > 0
+    drawn = json.load(open(os.path.join(workdir, 'inspect', 'barriers', 'barriers.json')))
+    assert set(drawn['runs']) == {'plain8_bn_s0', 'resnet8_bn_s0'}
+    barrier = drawn['runs']['plain8_bn_s0']['init']['max_bump_over_chord']
+    assert q['plain_init_loss_barrier']['values'] == [barrier] and barrier >= 0
+    assert drawn['settings']['bn_stats'] == 'recompute'
     q = findings['question_solver']['numbers']
     assert q['source_final_train_error'] == saved['runs']['plain8_bn_s0']['final_train_error']
     assert q['built_final_train_error'] == saved['runs']['plain14from8_bn_s0']['final_train_error']
@@ -215,7 +248,7 @@ def test_tiny_study_numbers_match_metrics(tiny):
 def test_tiny_study_figures_are_real_images(tiny):
     _, workdir, result = tiny
     figures = result['figures']
-    assert sorted(figures, key=int) == [str(n) for n in range(1, 13)]
+    assert sorted(figures, key=int) == [*(str(n) for n in range(1, 13)), '14']
     for number, fig in figures.items():
         image = matplotlib.image.imread(fig['path'])
         assert image.shape[:2] == (fig['height'], fig['width']), number
@@ -225,7 +258,7 @@ def test_tiny_study_figures_are_real_images(tiny):
         assert os.path.exists(fig['path'][: -len('.png')] + '.json')
     with open(os.path.join(workdir, 'report.html')) as f:
         page = f.read()
-    assert page.count('src="data:image/png;base64,') == 12
+    assert page.count('src="data:image/png;base64,') == 13
     assert 'src="figures/' not in page and 'Findings' in page
 
 

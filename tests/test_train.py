@@ -95,6 +95,29 @@ def test_train_batches_depend_only_on_seed_and_step(digits_config):
     assert collections.Counter(seen[:1438]) == collections.Counter(key(train_x, train_y))
 
 
+def test_data_seed_keys_the_batches_and_none_is_seed(digits_config):
+    # The init reads `seed` alone (steps.create_train_state); tests/test_study.py checks that
+    # an LMC partner's config differs from its run's only in data_seed.
+    n, b = 1438, digits_config.train.batch_size
+    today = next(data.create_dataset(digits_config, 0, 1).train_batches(0))
+    train_x, train_y, _, _ = data.load_digits()
+    idx = np.random.default_rng([0, 0]).permutation(n)[:b]  # data_seed None: keyed by seed
+    np.testing.assert_array_equal(today['image'], train_x[idx])
+    np.testing.assert_array_equal(today['label'], train_y[idx])
+    other = digits_config.copy_and_resolve_references()
+    other.data_seed = 1
+    moved = next(data.create_dataset(other, 0, 1).train_batches(0))
+    assert not np.array_equal(moved['label'], today['label'])
+    other.data_seed = 0  # = seed: the batches of a run without data_seed
+    same = next(data.create_dataset(other, 0, 1).train_batches(0))
+    np.testing.assert_array_equal(same['image'], today['image'])
+    for bad in (-1, 2**31, True):
+        c = digits_config.copy_and_resolve_references()
+        c.data_seed = bad
+        with pytest.raises(train.ConfigError, match='data_seed='):
+            train.validate_config(c)
+
+
 def test_each_process_gets_its_slice_of_the_global_batch(digits_config):
     one = next(data.create_dataset(digits_config, 0, 1).train_batches(5))
     halves = [next(data.create_dataset(digits_config, i, 2).train_batches(5)) for i in (0, 1)]

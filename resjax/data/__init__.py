@@ -4,8 +4,9 @@ Every dataset is a `Dataset`: metadata plus two iterator factories that yield ho
 NumPy batches `{'image': float32 NHWC, 'label': int32}`:
 
 - `train_batches(start_step)`: the infinite training stream from `start_step` on. The batch of
-  step `s` is a pure function of `(seed, s)`, so a resumed run sees exactly the batches the
-  uninterrupted run would have seen; the data position is the step.
+  step `s` is a pure function of `(data_seed(config), s)` (`config.data_seed`, or `seed` when
+  it is None), so a resumed run sees exactly the batches the uninterrupted run would have
+  seen; the data position is the step.
 - `eval_batches()`: every eval example exactly once, the last batch padded and marked by
   `'mask'` (1.0 real, 0.0 padding); every process yields the same number of batches.
 
@@ -41,6 +42,12 @@ class Dataset:
     num_eval: int
     train_batches: Callable[[int], Iterator[Batch]]
     eval_batches: Callable[[], Iterator[Batch]]
+
+
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the training data's order and augmentation: `config.data_seed`, or
+    `config.seed` when it is None (so a run without one sees the batches it always saw)."""
+    return config.seed if config.data_seed is None else config.data_seed
 
 
 def create_dataset(
@@ -139,7 +146,8 @@ def array_dataset(
     train_transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
     eval_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Dataset:
-    """A `Dataset` over in-memory arrays: each epoch a fresh permutation keyed by (seed, epoch).
+    """A `Dataset` over in-memory arrays: each epoch a fresh permutation keyed by
+    (data_seed(config), epoch).
 
     `train_transform(images, step)` maps this process's rows of step `step`'s batch to the
     float32 images the model sees (augmentation, normalisation); `eval_transform(images)` the
@@ -154,7 +162,7 @@ def array_dataset(
     global_batch = config.train.batch_size
     local_batch = global_batch // process_count
     n = len(images)
-    seed = config.seed
+    seed = data_seed(config)
 
     def train_batches(start_step: int) -> Iterator[Batch]:
         step = start_step

@@ -14,9 +14,10 @@ one warning that says why, with an example path.
   array, cached as `.npy` under `dataset.cache_dir` (default `~/.cache/resjax/image_folder`),
   one file per split keyed by the image files' paths, sizes and modification times: a changed
   folder is decoded again. Batches come from `array_dataset` (an epoch is a permutation keyed by
-  (seed, epoch)); the 'cifar' augmentation (the tf.data path's: pad 4 with the mean colour,
-  random crop, random flip) is drawn per batch from (seed, step), for the global batch, so a
-  resumed run and any process count see the same images. Augmentations 'cifar' and 'none'.
+  (data_seed, epoch), `resjax.data.data_seed`); the 'cifar' augmentation (the tf.data path's:
+  pad 4 with the mean colour, random crop, random flip) is drawn per batch from (data_seed,
+  step), for the global batch, so a resumed run and any process count see the same images.
+  Augmentations 'cifar' and 'none'.
 - 'tfds' is the tf.data pipeline (`tfds_pipeline`): any size of folder, and 'imagenet'
   augmentation (random-resized crops of images of any size); needs TensorFlow.
 - 'auto' (the default) is 'numpy' unless the augmentation is 'imagenet' or the decoded images
@@ -308,7 +309,7 @@ def in_memory_dataset(
     process_count: int,
 ) -> Dataset:
     """The folder decoded into memory (cached), as an `array_dataset`; see the module docstring."""
-    from resjax.data import array_dataset  # resjax.data imports this module lazily.
+    from resjax.data import array_dataset, data_seed  # resjax.data imports this module lazily.
 
     d = config.dataset
     train_files, train_labels = folder.train_files, folder.train_labels
@@ -328,7 +329,7 @@ def in_memory_dataset(
     def train_transform(batch: np.ndarray, step: int) -> np.ndarray:
         if d.augment == 'none':
             return normalize(batch)
-        offsets, flips = cifar_draws(config.seed, step, global_batch)
+        offsets, flips = cifar_draws(data_seed(config), step, global_batch)
         rows = slice(first_row, first_row + len(batch))
         return cifar_augment(normalize(batch), offsets[rows], flips[rows])
 

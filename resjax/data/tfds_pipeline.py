@@ -7,10 +7,11 @@ explicit process index/count): train shares drop the remainder so every process 
 Train stream (one per process). Position `t` of the stream is example `t mod n` of epoch
 `t // n`; the batch of step `s` is positions `[s*b, (s+1)*b)` (`b` = local batch), so batches
 straddle epoch boundaries and no example is dropped. Epoch `e`'s order is a seeded tf.data
-shuffle keyed by `(seed, process_index, e)`; each example's augmentation draws from stateless
-ops keyed by `(seed, process_index, e, index in epoch)`, so parallel maps cannot change it. A run
-resumed at step `s` starts at epoch `s*b // n` and skips `s*b mod n` still-encoded examples: it
-sees exactly the batches the uninterrupted run saw (same TensorFlow version, same config).
+shuffle keyed by `(data_seed, process_index, e)` (`resjax.data.data_seed`); each example's
+augmentation draws from stateless ops keyed by `(data_seed, process_index, e, index in
+epoch)`, so parallel maps cannot change it. A run resumed at step `s` starts at epoch
+`s*b // n` and skips `s*b mod n` still-encoded examples: it sees exactly the batches the
+uninterrupted run saw (same TensorFlow version, same config).
 Shares that fit in memory (<= 1 GiB encoded) are cached and shuffled completely each epoch;
 larger ones (ImageNet) stream through a `dataset.shuffle_buffer`-sized buffer. Resuming a
 streamed dataset mid-epoch reads (without decoding) the skipped part of the epoch again.
@@ -43,7 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from resjax.data import Batch, Dataset, image_folder  # noqa: E402
+from resjax.data import Batch, Dataset, data_seed, image_folder  # noqa: E402
 
 try:  # tf.data must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], 'GPU')
@@ -130,7 +131,13 @@ def create_dataset(
         )
     eval_start, eval_end = _share(source.eval.num_examples, process_index, process_count, False)
     preprocess = _Preprocess(
-        d.augment, image_shape, mean, std, config.seed, process_index, source.stored_size
+        d.augment,
+        image_shape,
+        mean,
+        std,
+        data_seed(config),
+        process_index,
+        source.stored_size,
     )
     on_error = _error_naming_file(source.files)
 

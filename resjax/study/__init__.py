@@ -18,6 +18,9 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
 - `study.constructed_lrs`, `study.constructed_steps`: the constructed solution as a controlled
   sweep instead (`grid._sweep_specs`, docs/study.md): per entry, norm, seed and lr, the built
   plain and residual nets and three restarts, `constructed_steps` steps at that constant lr.
+- `study.lmc`: an LMC partner of each deepest plain and residual grid run of the first norm
+  (`grid.barrier_targets`): same config and init, `data_seed` = seed + 1000, probes off; run
+  `<name>_d<data_seed>`; figure 14 (`barriers`) measures the barrier between the two.
 - `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
 - `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
   which of them to draw (`figures`).

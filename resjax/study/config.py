@@ -192,6 +192,7 @@ def _check_inspection(inspect: ml_collections.ConfigDict) -> None:
 
     try:
         opts = inspection.make_options(inspection_settings(inspect), 'study.inspect key')
-        inspection.check_options(opts, list(inspect.figures), prefix='study.inspect.')
+        probes = ['interpolate' if f == 'barriers' else f for f in inspect.figures]
+        inspection.check_options(opts, probes, prefix='study.inspect.')
     except inspection.InspectError as e:
         raise StudyError(str(e)) from None

@@ -42,16 +42,19 @@ class RunSpec:
     workdir: str
     source: str | None = None  # A constructed run: the grid run it starts from.
     lr: float | None = None  # A `study.constructed_lrs` run: its constant learning rate.
+    data_seed: int | None = None  # An LMC partner (`study.lmc`): its grid run's data_seed.
 
     @property
     def label(self) -> str:
         """Its model family's label, e.g. 'plain-56', 'ResNet-20 (no BN)' (the inspection
-        library labels its figures' runs the same way); a constructed run's says so, and a
-        sweep run's names its lr ('plain-20 restarted at lr 0.01')."""
+        library labels its figures' runs the same way); a constructed run's says so, a sweep
+        run's names its lr ('plain-20 restarted at lr 0.01') and an LMC partner's its data order."""
         label = models.run_label(self.config.model)
         if self.lr is not None:
             how = 'restarted' if self.source_depth == self.depth else f'built from {self.source}'
             return f'{label} {how} at lr {self.lr:g}'
+        if self.data_seed is not None:
+            return f'{label}, data order {self.data_seed}'
         return f'{label} built from {self.source}' if self.source else label
 
     @property
@@ -62,8 +65,10 @@ class RunSpec:
     @property
     def group(self) -> tuple[int, bool, str] | None:
         """The grid point without the seed: runs of one group are averaged in findings (None
-        for a constructed run: it is not a grid point)."""
-        return None if self.source else (self.depth, self.residual, self.norm)
+        for a constructed run or an LMC partner: neither is a grid point)."""
+        if self.source or self.data_seed is not None:
+            return None
+        return (self.depth, self.residual, self.norm)
 
 
 def run_name(
@@ -119,9 +124,11 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
                 name, depth, residual, norm, seed, c.lock(), os.path.join(workdir, 'runs', name)
             )
         )
-    if s.constructed_lrs:  # The controlled sweep replaces the single constructed runs.
-        return specs + _sweep_specs(s, base, overrides, specs, workdir)
-    return specs + _constructed_specs(s, base, overrides, specs, workdir)
+    # The controlled sweep replaces the single constructed runs.
+    built = (_sweep_specs if s.constructed_lrs else _constructed_specs)(
+        s, base, overrides, specs, workdir
+    )
+    return specs + built + _lmc_specs(s, specs, workdir)
 
 
 def run_config(
@@ -223,8 +230,8 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
     deepest plain and residual nets of the first norm and seed of the grid (depths without a
     plain net are passed over); the lesion takes every residual net of that norm and seed and
     the deepest plain net; the block probes take the spectrum's pair and the constructed runs of
-    that depth (not the `study.constructed_lrs` sweep's). `max_depth` > 0 leaves out deeper
-    nets (`study.inspect.max_depth`)."""
+    that depth (not the `study.constructed_lrs` sweep's); the barriers take `barrier_targets`
+    (every seed). `max_depth` > 0 leaves out deeper nets (`study.inspect.max_depth`)."""
     norm, seed = specs[0].norm if specs else '', min((s.seed for s in specs), default=0)
     pool = [
         s
@@ -232,11 +239,10 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
         if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
     ]
     built = [s for s in pool if s.source and s.lr is None]  # Not the sweep's short runs.
-    pool = [s for s in pool if not s.source]
+    pool = [s for s in pool if not s.source and s.data_seed is None]
     if not pool:
         return {}
-    plain_depths = {s.depth for s in pool if not s.residual}
-    deepest = max(plain_depths) if plain_depths else max(s.depth for s in pool)
+    deepest = _deepest(pool)
     pair = [s for s in pool if s.depth == deepest]
     return {
         'spectrum': pair,
@@ -244,6 +250,7 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
         # The deepest plain net too: its blocks replaced by the identity are the contrast.
         'lesion': [s for s in pool if s.residual] + [s for s in pair if not s.residual],
         'blocks': pair + [s for s in built if s.depth == deepest],
+        'barriers': barrier_targets(specs, max_depth),
     }
 
 
@@ -393,3 +400,73 @@ def _sweep_specs(
                     os.path.join(workdir, 'runs', name), source=source.name, lr=float(lr),
                 )  # fmt: skip
     return list(out.values())
+
+
+# Linear mode connectivity (`study.lmc`): a partner for each of the deepest plain and residual
+# grid runs, same init, another data order; and the barrier figure's runs.
+
+LMC_DATA_SEED_OFFSET = 1000  # A partner's data_seed = its run's seed + this (no grid seed's).
+
+
+def _deepest(pool: list[RunSpec]) -> int:
+    """The deepest depth with a plain net in `pool` (of them all if none is plain)."""
+    plain_depths = {s.depth for s in pool if not s.residual}
+    return max(plain_depths) if plain_depths else max(s.depth for s in pool)
+
+
+def _barrier_grid_runs(grid: list[RunSpec], max_depth: int = 0) -> list[RunSpec]:
+    """The grid runs of the first norm at the deepest depth with a plain net (up to
+    `max_depth` if > 0), every seed: the runs whose barriers figure 14 measures."""
+    norm = grid[0].norm if grid else ''
+    pool = [
+        g
+        for g in grid
+        if g.group is not None and g.norm == norm and (not max_depth or g.depth <= max_depth)
+    ]
+    if not pool:
+        return []
+    deepest = _deepest(pool)
+    return [g for g in pool if g.depth == deepest]
+
+
+def barrier_targets(specs: list[RunSpec], max_depth: int = 0) -> list[RunSpec]:
+    """The barrier figure's runs: `_barrier_grid_runs`, then their LMC partners (if any)."""
+    runs = _barrier_grid_runs(specs, max_depth)
+    keys = {(g.depth, g.residual, g.norm, g.seed) for g in runs}
+    partners = [
+        s
+        for s in specs
+        if s.data_seed is not None and (s.depth, s.residual, s.norm, s.seed) in keys
+    ]
+    return runs + partners
+
+
+def _lmc_specs(s: ml_collections.ConfigDict, grid: list[RunSpec], workdir: str) -> list[RunSpec]:
+    """With `study.lmc`, after every other run: for each run of `_barrier_grid_runs` of the
+    first seed (a partner costs a full run; the init -> final barriers have every seed), a
+    partner `<name>_d<data_seed>` with the run's config (same seed, hence the same init) but
+    `data_seed` = seed + LMC_DATA_SEED_OFFSET (another data order and augmentation) and its
+    probes off (they read the model, never change it; the partner is only interpolated)."""
+    if not s.lmc:
+        return []
+    out = []
+    runs = _barrier_grid_runs(grid, s.inspect.max_depth)
+    for g in [g for g in runs if g.seed == min(r.seed for r in runs)]:
+        c = ml_collections.ConfigDict(g.config.to_dict())
+        c.data_seed = g.seed + LMC_DATA_SEED_OFFSET
+        c.probes.every_steps = c.probes.hessian_every_steps = 0
+        c.probes.init_angle_every_steps = 0
+        name = f'{g.name}_d{c.data_seed}'
+        out.append(
+            RunSpec(
+                name,
+                g.depth,
+                g.residual,
+                g.norm,
+                g.seed,
+                c.lock(),
+                os.path.join(workdir, 'runs', name),
+                data_seed=c.data_seed,
+            )  # fmt: skip
+        )
+    return out

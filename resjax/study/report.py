@@ -42,9 +42,10 @@ SECTIONS = {
     11: ('The constructed solution (He et al. 2015, Sec. 4.1)', 'fig11_constructed'),
     12: ('CKA between every pair of blocks, and block probes of the final nets', 'blocks'),
     13: ('The constructed solution as a controlled lr sweep', 'fig13_sweep'),
+    14: ('Loss barriers: init to solution, and between two runs from one init', 'barriers'),
 }
 # Inspection figures: report number -> the inspection probe that draws it.
-INSPECTED = {5: 'spectrum', 6: 'landscape2d', 7: 'lesion', 12: 'blocks'}
+INSPECTED = {5: 'spectrum', 6: 'landscape2d', 7: 'lesion', 12: 'blocks', 14: 'barriers'}
 
 
 def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str) -> dict:
@@ -55,7 +56,7 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
     `findings`, `figures` ({number: {'path', 'width', 'height'}}), `missing` (lines).
     """
     runs = collect(specs)
-    grid = [r for r in runs if not r.spec.source]  # Figures 1-4 compare grid points.
+    grid = [r for r in runs if r.spec.group]  # Figures 1-4 compare grid points.
     fig_dir = os.path.join(workdir, 'figures')
     figures: dict[int, dict | None] = {
         1: draw.figure_errors(grid, fig_dir),

@@ -225,12 +225,13 @@ def _train_one(
 def run_inspection(
     inspect_config: ml_collections.ConfigDict, specs: list[RunSpec], workdir: str
 ) -> dict[str, str]:
-    """Draws figures 5-7 and 12 with the inspection library (`resjax.inspection.inspect`) on
+    """Draws figures 5-7, 12 and 14 with the inspection library (`resjax.inspection.inspect`) on
     the final checkpoints of `inspection_targets`, into `<workdir>/inspect/<figure>/`. A
     figure whose runs, steps and options are those of its last drawing is not redrawn. A
     failure is written to `<figure>/study_error.txt` (the report names it and leaves out the
     figure if it is stale). Returns {figure: error message} of the figures not drawn."""
     from resjax import inspection  # Import here: the study's training part does not need it.
+    from resjax.study import barriers
 
     opts = inspection.make_options(
         study_config.inspection_settings(inspect_config), 'study.inspect key'
@@ -255,7 +256,10 @@ def run_inspection(
         logging.info('study: inspection %s of %s', figure, [s.name for s in ready])
         start = time.perf_counter()
         try:
-            inspection.inspect([s.workdir for s in ready], [figure], out_dir, opts)
+            if figure == barriers.FIGURE:  # Two lines per net, drawn by the study itself.
+                barriers.inspect_barriers(ready, out_dir, opts)
+            else:
+                inspection.inspect([s.workdir for s in ready], [figure], out_dir, opts)
         except Exception as e:  # noqa: BLE001 (the report says what failed; the study goes on)
             logging.exception('study: inspection %s failed', figure)
             errors[figure] = f'{type(e).__name__}: {e}'.splitlines()[0]

@@ -14,6 +14,7 @@ from resjax.study.findings import sweep
 from resjax.study.findings.base import (
     Claim,
     Evidence,
+    Seeds,
     finding,
     gap,
     pct,
@@ -42,7 +43,6 @@ CLAIM_C = (
     'starts "close" to a good solution.'
 )
 VANISHING_BELOW = 0.1  # first/last gradient-norm ratio under which gradients "vanish"
-FAR_RATIO = 1.2  # plain / residual distance from init beyond which the plain net is "farther"
 SMALL_BRANCH = 0.5  # median ||F(x)|| / ||x|| under which residual branches are "small"
 
 
@@ -378,46 +378,140 @@ def question_solver(ev: Evidence) -> Claim | str | None:
     return Claim(text, rule, verdict, nums)
 
 
-@finding('question_places', 10, 'Are the two nets in different places?', CLAIM_C,
+# Nats by which a loss barrier counts: one path's above another's, or a path not barrier-free
+# (about 4% of ln 10, the chance-level loss of 10 classes).
+BARRIER_MARGIN = 0.1
+
+
+def _barrier_lines(ev: Evidence) -> tuple[int, list[tuple[dict, dict, RunData, RunData]]]:
+    """(depth, [(plain's figure-14 numbers, ResNet's, plain run, ResNet run) per seed]) for
+    the seeds of `deepest_pairs` whose two runs both have barrier numbers."""
+    depth, pairs = deepest_pairs(ev)
+    drawn = (ev.inspection.get('barriers') or {}).get('runs', {})
+    return depth, [
+        (drawn[p.spec.name], drawn[r.spec.name], p, r)
+        for p, r in pairs
+        if r is not None and p.spec.name in drawn and r.spec.name in drawn
+    ]
+
+
+def _last_with(run: RunData, key: str) -> tuple[int, float] | None:
+    """(step, value) of the last metrics row of `run` that has `key`, or None."""
+    rows = [r for r in run.rows if key in r]
+    return (int(rows[-1]['step']), float(rows[-1][key])) if rows else None
+
+
+@finding('question_places', 14, 'Are the two nets in different places?', CLAIM_C,
          question='Are the plain and the residual net in different places (c)?')  # fmt: skip
 def question_places(ev: Evidence) -> Claim | str:
-    """Distance from init, whole net and per layer, of the deepest plain and residual nets."""
-    depth, plain, resnet = _deepest_pair(ev)
-    if plain is None or resnet is None:
-        return f'finished plain-{depth} and ResNet-{depth} runs with distance-from-init probes'
-    p, r = _last_probe(plain), _last_probe(resnet)
-    if 'init_distance/global' not in p or 'init_distance/global' not in r:
-        return "init_distance/ probes in the runs' metrics"
+    """Loss barriers (figure 14) of the deepest plain and residual nets: init -> final with BN
+    statistics recomputed at every point, and between each run and its LMC partner; the
+    distance and per-filter angle from init beside them, descriptive only."""
+    depth, lines = _barrier_lines(ev)
+    if not lines:
+        return (
+            f'figure 14 (study.inspect.figures with barriers) for finished plain-{depth} and '
+            f'ResNet-{depth} runs'
+        )
+    settings = ev.inspection['barriers'].get('settings', {})
+    per = lambda i, line, key: seeds_of(  # noqa: E731  (one number over the seeds)
+        x[i][line][key] if x[i][line] else None for x in lines
+    )
+    bp, br = per(0, 'init', 'max_bump_over_chord'), per(1, 'init', 'max_bump_over_chord')
+    ep, er = per(0, 'init', 'error_barrier'), per(1, 'init', 'error_barrier')
+    side = gap(bp, br, BARRIER_MARGIN)
+    barrier_free = max(bp.values + br.values) <= BARRIER_MARGIN
     nums = {
-        'step': max(resnet.probe_rows()),
-        'plain_global': p['init_distance/global'],
-        'resnet_global': r['init_distance/global'],
-        'plain_layer_median': _median(p, 'init_distance'),
-        'resnet_layer_median': _median(r, 'init_distance'),
+        'depth': depth,
+        'seeds': [x[2].spec.seed for x in lines],
+        'margin_nats': BARRIER_MARGIN,
+        'examples': settings.get('examples'),
+        'bn_examples': settings.get('bn_examples'),
+        'plain_init_loss_barrier': bp.json(),
+        'resnet_init_loss_barrier': br.json(),
+        'plain_init_error_barrier': ep.json(),
+        'resnet_init_error_barrier': er.json(),
     }
-    ratio = nums['plain_global'] / nums['resnet_global']
-    nums['plain_over_resnet'] = ratio
-    verdict = (
-        'supports (c)'
-        if ratio > FAR_RATIO
-        else 'contradicts (c)'
-        if ratio < 1 / FAR_RATIO
-        else 'undecided'
-    )
     text = (
-        f'At step {nums["step"]}, plain-{depth} is {nums["plain_global"]:.3g} (relative, all '
-        f'parameters) from its init and ResNet-{depth} {nums["resnet_global"]:.3g}: the plain '
-        f'net has moved {times(ratio)} as far (median layer {nums["plain_layer_median"]:.3g} vs '
-        f'{nums["resnet_layer_median"]:.3g}). '
+        f'Loss barrier on the straight line from init to the final weights (max over alpha of '
+        f'the loss minus the chord between the end points; mean cross-entropy over the first '
+        f'{settings.get("examples")} training examples, BN eval mode with the statistics '
+        f'recomputed on the first {settings.get("bn_examples")} training examples at each '
+        f'point): plain-{depth} {bp.show()} nats, ResNet-{depth} {br.show()} nats (the '
+        f'control: the ResNet of the same depth, norm, recipe and seed); error barriers '
+        f'{ep.show(pct)} vs {er.show(pct)}. '
     )
-    text += {
-        'supports (c)': 'The plain net travels farther from where it started.',
-        'contradicts (c)': 'The residual net travels farther: it does not start closer.',
-        'undecided': 'The two travel about as far; distance from init cannot decide (c) here.',
-    }[verdict]
+    lmc = [x for x in lines if x[0]['lmc'] and x[1]['lmc']]
+    if lmc:
+        lp = seeds_of(x[0]['lmc']['max_bump_over_chord'] for x in lmc)
+        lr = seeds_of(x[1]['lmc']['max_bump_over_chord'] for x in lmc)
+        connected = [
+            name
+            for name, b in ((f'plain-{depth}', lp), (f'ResNet-{depth}', lr))
+            if max(b.values) <= BARRIER_MARGIN
+        ]
+        nums.update(
+            plain_lmc_loss_barrier=lp.json(),
+            resnet_lmc_loss_barrier=lr.json(),
+            lmc_connected=connected,
+        )
+        text += (
+            f'Between each run and its LMC partner (same init, another data order; Frankle et '
+            f'al. 2020) the loss barrier is {lp.show()} nats for plain-{depth} and {lr.show()} '
+            f'for ResNet-{depth}: two SGD runs from one init end in one linearly connected '
+            f'basin (barrier at most {BARRIER_MARGIN} nats at every seed) for '
+            f'{" and ".join(connected) or "neither net"}. '
+        )
+    else:
+        text += 'No LMC partners (study.lmc is off): linear mode connectivity not measured. '
+    for name, i in (('plain', 2), ('resnet', 3)):
+        for key in ('init_distance', 'init_angle'):
+            values = [(_last_with(x[i], f'{key}/global') or (None, None))[1] for x in lines]
+            if any(v is not None for v in values):
+                nums[f'{name}_{key}'] = seeds_of(values).json()
+    if 'plain_init_distance' in nums and 'resnet_init_distance' in nums:
+        dp, dr = (Seeds(tuple(nums[f'{k}_init_distance']['values'])) for k in ('plain', 'resnet'))
+        text += (
+            f'Distance from init (||theta - theta_0|| / ||theta_0||, all parameters, last '
+            f'probe): plain-{depth} {dp.show()}, ResNet-{depth} {dr.show()}'
+        )
+        if 'plain_init_angle' in nums and 'resnet_init_angle' in nums:
+            ap, ar = (Seeds(tuple(nums[f'{k}_init_angle']['values'])) for k in ('plain', 'resnet'))
+            text += f'; per-filter angle from init {ap.show()} vs {ar.show()} degrees'
+        text += (
+            ". Descriptive only: under BN a conv kernel's norm is not identifiable "
+            '(BN(cW * x) = BN(W * x)), so the raw distance is mostly weight-norm growth, and '
+            'neither distance nor angle says whether a barrier separates the two points. '
+        )
+    if side > 0:
+        verdict = 'supports (c)'
+        text += (
+            f"The plain net's line from its init rises over its chord by more than the ResNet's "
+            f'(beyond {BARRIER_MARGIN} nats and the seed spread): it settles in a basin its init '
+            'is not linearly connected to, the ResNet nearer its start.'
+        )
+    elif side < 0:
+        verdict = 'contradicts (c)'
+        text += "The ResNet's line from its init has the larger barrier: it does not start closer."
+    elif barrier_free:
+        verdict = 'contradicts (c)'
+        text += (
+            f'Neither line rises more than {BARRIER_MARGIN} nats over its chord: both nets end '
+            "in their init's linearly connected basin, not in different places."
+        )
+    else:
+        verdict = 'undecided'
+        text += (
+            f'The two barriers differ by no more than {BARRIER_MARGIN} nats or the seed spread, '
+            'and not both are barrier-free: the barriers cannot decide (c) here.'
+        )
+    verdict += seed_note(bp, br)
     rule = (
-        f'supports (c) iff the plain net moved more than {FAR_RATIO}x as far from its init '
-        f'(||theta - theta_0|| / ||theta_0||, all parameters) as the ResNet; contradicts iff '
-        f'less than 1/{FAR_RATIO}x; undecided between'
+        "supports (c) iff the plain net's init -> final loss barrier (BN statistics recomputed "
+        f"at each point, probe examples) exceeds the ResNet's by more than {BARRIER_MARGIN} "
+        "nats and by more than the seed spread; contradicts (c) iff the ResNet's is the larger "
+        f"by as much, or both nets' barriers are at most {BARRIER_MARGIN} nats at every seed "
+        "(both stay in their init's basin); undecided otherwise; LMC barriers and the distance "
+        'and angle from init are reported beside it, not used'
     )
     return Claim(text, rule, verdict, nums)
