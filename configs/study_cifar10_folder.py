@@ -7,13 +7,19 @@ ROOT holds CIFAR-10 as image files, `ROOT/{train,test}/<class>/<image>` (50,000 
 or JPEG files of 32x32; several public repositories hold such a dump), read by the
 `image_folder` dataset with the paper's CIFAR augmentation (pad 4, random 32x32 crop, flip).
 
-Runs: plain-20, ResNet-20, plain-56, ResNet-56 (BatchNorm, option A), and plain-56 built from
-the trained plain-20 (its blocks copied, the 18 added blocks identities: resjax/construct.py),
-trained further with the same recipe. What is reduced from the paper (64k steps of batch 128,
-widths 16/32/64) so that the study fits a 2-core CPU (docs/benchmarks.md): widths halved
-(8/16/32, `model.width=0.5`) and 800 steps of batch 128 (about 2 epochs) on a cosine schedule.
-Degradation shows early in training (He et al. 2015, Fig. 1 and 6: the plain nets' curves
-separate from the start), so a short budget can pose the question; it cannot reach the paper's
+Runs (BatchNorm, option A): plain-20, ResNet-20, plain-56 and ResNet-56 of seed 0, plain-56
+and ResNet-56 of seed 1 (the question's pair, so its findings have a seed spread); then, from
+the trained seed-0 nets, the constructed-solution sweep (`study.constructed_lrs`): at each of
+the constant lrs 0.001, 0.01 and 0.1, 200 steps of plain-56 and ResNet-56 built from the
+depth-20 nets (their blocks copied, the added blocks identities: resjax/construct.py), the
+depth-20 nets restarted and plain-56 of random init restarted (15 runs); then the LMC partners
+of the seed-0 depth-56 pair (same init, another data order). Inspection: the Hessian spectrum,
+the lesions (ResNet branches and plain blocks), the block probes and the loss barriers. What is
+reduced from the paper (64k steps of batch 128, widths 16/32/64) so that the study fits a 2-core
+CPU in about 3 hours (docs/benchmarks.md): widths halved (8/16/32, `model.width=0.5`) and 800
+steps of batch 128 (about 2 epochs) on a cosine schedule. Degradation shows early in training
+(He et al. 2015, Fig. 1 and 6: the plain nets' curves separate from the start), so a short
+budget can pose the question; it cannot reach the paper's
 error rates. Raise `train.steps` (the study resumes each run) to go further. The file is also
 the grid's base training config; one run alone:
 
@@ -63,11 +69,15 @@ def get_config(arg=None):
     # 3 points: two logged training rows (25 x 128 examples at ~45% error) differ by up to
     # ~2.5 points by sampling alone, so a smaller margin could never say a net keeps its start.
     config.study.degradation_margin = 0.03
-    # No lesion or 2-D landscape figures: on a CPU they cost more than the rest of the
-    # inspection (27 evaluations of the 10,000 test images at depth 56; 81 grid points x 512
-    # examples x 2 nets; docs/benchmarks.md); add 'lesion' or 'landscape2d' to
-    # study.inspect.figures to draw them.
-    config.study.inspect.figures = ('spectrum', 'blocks')
+    # (c) on loss barriers: LMC partners of the depth-56 pair (seed 0: same init, another data
+    # order), and figure 14's lines with BN statistics recomputed at each point.
+    config.study.lmc = True
+    # The lesions are (a)'s first test (plain blocks replaced by the identity beside the
+    # ResNet's branches), on 2,000 test images to keep 60 evaluations short. No 2-D landscape:
+    # 81 grid points x 512 examples x 2 nets cost more than the rest of the inspection here.
+    config.study.inspect.figures = ('spectrum', 'lesion', 'blocks', 'barriers')
+    config.study.inspect.eval_examples = 2000
+    config.study.inspect.bn_examples = 512
     config.study.inspect.examples = 512
     config.study.inspect.batch = 256
     config.study.inspect.lanczos_order = 16

@@ -148,6 +148,8 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
     reference = default_config()
     reference.study = study_config.default_study_config()
     for name, known in _unknown_keys(config, reference):
+        if name.startswith('study.inspect.'):
+            continue  # Inspection options: the study checks them against the library's own.
         close = difflib.get_close_matches(name.rsplit('.', 1)[-1], known, n=1)
         hint = f' (did you mean {close[0]!r}?)' if close else ''
         raise ValueError(f'config key {name!r} is not one resjax reads{hint}')
