@@ -334,19 +334,22 @@ def test_list_prints_each_runs_own_train_command(tmp_path):
     from ml_collections import config_flags
 
     work = str(tmp_path / 'w')
+    # The grid and the constructed-solution sweep: each sweep run waits for its source.
     out = subprocess.run(
-        _script('--config', TINY, '--workdir', work, '--list', '--config.train.steps=4'),
+        _script('--config', TINY, '--workdir', work, '--list', '--config.train.steps=4',
+                '--config.study.constructed_lrs=(0.01, 0.1)'),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    config = tiny_config()
+    config = _sweep_config()
     config.train.steps = 4
     specs = study.expand_grid(config, work)
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == len(specs) == 4 and not os.path.exists(work)
+    assert len(lines) == len(specs) == 13 and not os.path.exists(work)
+    assert sum(s.lr is not None for s in specs) == 10
     for line, spec in zip(lines, specs):
         command, comment = line.split('  # ')
-        after = ', after plain8_bn_s0 finishes' if spec.source else ''
+        after = f', after {spec.source} finishes' if spec.source else ''
         assert comment == f'{spec.name}: missing{after}'
         argv = shlex.split(command)
         assert argv[0] == 'python' and argv[1].endswith(os.path.join('scripts', 'train.py'))
@@ -515,31 +518,3 @@ def test_sweep_bad_config_is_one_line_error(tmp_path, study_keys, message):
     with pytest.raises(study.StudyError, match=message) as e:
         study.run_study(_sweep_config(**study_keys), str(tmp_path))
     assert '\n' not in str(e.value) and not os.listdir(tmp_path)
-
-
-def test_list_prints_the_sweep_runs_after_their_sources(tmp_path):
-    from absl import flags
-    from ml_collections import config_flags
-
-    work = str(tmp_path / 'w')
-    out = subprocess.run(
-        _script('--config', TINY, '--workdir', work, '--list',
-                '--config.study.constructed_lrs=(0.01, 0.1)'),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    specs = study.expand_grid(_sweep_config(), work)
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == len(specs) == 13
-    for line, spec in zip(lines, specs):
-        command, comment = line.split('  # ')
-        after = f', after {spec.source} finishes' if spec.source else ''
-        assert comment == f'{spec.name}: missing{after}'
-        args = ['train.py', *shlex.split(command)[2:]]
-        parsed = flags.FlagValues()
-        config_flags.DEFINE_config_file('config', None, '', flag_values=parsed, sys_argv=args)
-        flags.DEFINE_string('workdir', None, '', flag_values=parsed)
-        parsed(args)
-        got = parsed.config.to_dict()
-        del got['study']
-        assert (got, parsed.workdir) == (spec.config.to_dict(), spec.workdir), spec.name
