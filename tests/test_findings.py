@@ -139,7 +139,7 @@ def test_solver_sweep_undecided_within_the_seed_spread():
     claim = _solver_claim(_solver_evidence(_solver_config(seeds=(0, 1)), finals))
     assert claim.verdict == 'undecided'  # Two seeds: not provisional.
     assert claim.numbers['claim_b']['spread'] == pytest.approx(0.2)
-    assert '(15.00%-35.00% over 2 seeds)' in claim.text
+    assert '(15.00% to 35.00% over 2 seeds)' in claim.text
 
 
 def test_solver_sweep_rises_within_the_rows_sampling_noise_are_unclear():

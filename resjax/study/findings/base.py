@@ -47,12 +47,12 @@ class Seeds:
         return float(np.max(self.values) - np.min(self.values))
 
     def show(self, fmt: Callable[[float], str] = lambda x: f'{x:.3g}') -> str:
-        """'0.123' for one seed, '0.123 (0.11-0.14 over 3 seeds)' for several: the mean, then
+        """'0.123' for one seed, '0.123 (0.11 to 0.14 over 3 seeds)' for several: the mean, then
         the lowest and highest seed."""
         if self.n == 1:
             return fmt(self.mean)
         lo, hi = fmt(float(np.min(self.values))), fmt(float(np.max(self.values)))
-        return f'{fmt(self.mean)} ({lo}-{hi} over {self.n} seeds)'
+        return f'{fmt(self.mean)} ({lo} to {hi} over {self.n} seeds)'
 
     def json(self) -> dict:
         """{'mean', 'range', 'values'} for findings.json."""
