@@ -114,8 +114,8 @@ def draw_lesion(runs: dict, opts: Opts) -> Figure:
     ax.margins(y=0.12)  # Room for the stage names above the bars.
     ax.set_ylabel('test error')
     ax.set_title(
-        'Lesion: one block removed at a time (residual: its branch; plain: replaced by the '
-        'identity; BN eval mode)',
+        'Lesion: one block removed at a time, BN eval mode\n(a residual block: its branch; '
+        'a plain block: replaced by the identity)',
         fontsize=9,
     )
     ax.grid(True, axis='y', alpha=0.3)

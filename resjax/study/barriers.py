@@ -118,7 +118,7 @@ def draw_barriers(numbers: dict, opts: Any) -> Any:
     fig.suptitle(
         f'Loss and error on the first {opts.examples} training examples; BN eval mode, its '
         f'statistics recomputed on the first {opts.bn_examples} training examples at each '
-        'point; dashed: the chord, dotted: the barrier',
+        'point\ndashed: the chord, dotted: the barrier',
         fontsize=9,
     )
     fig.tight_layout()
