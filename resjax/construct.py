@@ -93,12 +93,6 @@ def check_source(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _dirac(kernel: jax.Array) -> jax.Array:
-    k, _, cin, cout = kernel.shape
-    assert cin == cout, kernel.shape
-    return jnp.zeros_like(kernel).at[k // 2, k // 2].set(jnp.eye(cin, dtype=kernel.dtype))
-
-
 def _identity_block(
     spec: models.BlockSpec, params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array
 ) -> tuple[PyTree, PyTree]:
@@ -106,7 +100,8 @@ def _identity_block(
     with these per-channel statistics (module docstring)."""
     flat, flat_stats = (flax.traverse_util.flatten_dict(t, sep='/') for t in (params, stats))
     for conv in spec.layers:
-        flat[f'{conv}/kernel'] = _dirac(flat[f'{conv}/kernel'])
+        kernel = flat[f'{conv}/kernel']
+        flat[f'{conv}/kernel'] = models.dirac_kernel(kernel.shape, kernel.dtype)
         if f'{conv}/bias' in flat:
             flat[f'{conv}/bias'] = jnp.zeros_like(flat[f'{conv}/bias'])
     for norm in spec.norms:

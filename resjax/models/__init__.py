@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resjax.models import layout
-from resjax.models.conv import WEIGHT_GRADS
+from resjax.models.conv import WEIGHT_GRADS, dirac_kernel
 from resjax.models.layout import BlockSpec, Layout
 from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
 
@@ -32,6 +32,7 @@ __all__ = [
     'ModelFamily',
     'ResNet',
     'create_model',
+    'dirac_kernel',
     'layout',
     'model_layout',
     'register',
