@@ -48,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.width = 1.0  # multiplies every stage width
     c.model.preactivation = False  # He et al. 2016 "Identity Mappings" block
     c.model.zero_init_last = False  # zero-init each block's last BN scale (Goyal et al. 2017)
+    # Plain nets only: 'param' gives each shape-keeping conv the kernel diag(a)·δ + b·W
+    # (DiracNets), 'init' starts it at the Dirac kernel δ; 'none' = He init (docs/config.md).
+    c.model.dirac = 'none'
+    c.model.shortcut_scale = 1.0  # residual nets: y = F(x) + scale * shortcut(x)
     c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; params stay float32
     # How conv weight gradients are computed (same numbers): 'auto' = 'stored' on CPU (from a
     # stored copy of the conv input: no recomputation in XLA:CPU's transposes), XLA's own on

@@ -12,7 +12,9 @@ The map, for CIFAR-family nets (6n+2, post-activation), read off the two nets' b
 (`resjax.models.layout`): stem and head are copied, block b of each stage of the shallow net
 becomes block b of the same stage, and the blocks appended at the end of each stage
 (`layout.added_blocks`: stride 1, as many channels in as out) are identities:
-- convolutions: Dirac kernels (1 at the centre tap from channel c to channel c), biases 0;
+- convolutions: Dirac kernels (1 at the centre tap from channel c to channel c), biases 0; a
+  Dirac-parametrised conv (`model.dirac='param'`, kernel diag(a)·δ + b·W) gets a = 1, b = 0
+  and keeps its W;
 - plain block, BN: running mean and variance set to those of the block's input (per channel,
   measured on `CALIBRATION_EXAMPLES` training examples with the shallow net in eval mode), scale
   sqrt(var + eps) and offset mean, so that eval-mode BN is x -> x exactly, and training-mode BN
@@ -44,7 +46,17 @@ CALIBRATION_EXAMPLES = 1024
 START_DIR = 'constructed_start'  # In a constructed run's workdir: its step-0 state.
 BN_EPSILON = 1e-5  # resjax.models.resnet.Norm's
 # model keys that must agree between the shallow and the deep net.
-SAME_KEYS = ('family', 'residual', 'shortcut', 'norm', 'width', 'preactivation', 'dtype')
+SAME_KEYS = (
+    'family',
+    'residual',
+    'shortcut',
+    'norm',
+    'width',
+    'preactivation',
+    'dtype',
+    'dirac',
+    'shortcut_scale',
+)
 
 
 def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.ConfigDict) -> None:
@@ -72,6 +84,12 @@ def check_compatible(shallow: ml_collections.ConfigDict, deep: ml_collections.Co
             'projection shortcut, which the construction cannot make an identity; use '
             "'identity_pad' or 'projection'"
         )
+    if deep.depth > shallow.depth and deep.shortcut_scale != 1.0:
+        # An added block without its branch computes relu(scale * x): not an identity.
+        raise ValueError(
+            f'train.init_from: model.shortcut_scale={deep.shortcut_scale} makes an added block '
+            'without its branch relu(scale * x), not an identity; the construction needs 1.0'
+        )
 
 
 def check_source(config: ml_collections.ConfigDict) -> None:
@@ -93,12 +111,6 @@ def check_source(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _dirac(kernel: jax.Array) -> jax.Array:
-    k, _, cin, cout = kernel.shape
-    assert cin == cout, kernel.shape
-    return jnp.zeros_like(kernel).at[k // 2, k // 2].set(jnp.eye(cin, dtype=kernel.dtype))
-
-
 def _identity_block(
     spec: models.BlockSpec, params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array
 ) -> tuple[PyTree, PyTree]:
@@ -106,7 +118,14 @@ def _identity_block(
     with these per-channel statistics (module docstring)."""
     flat, flat_stats = (flax.traverse_util.flatten_dict(t, sep='/') for t in (params, stats))
     for conv in spec.layers:
-        flat[f'{conv}/kernel'] = _dirac(flat[f'{conv}/kernel'])
+        kernel = flat[f'{conv}/kernel']
+        if conv in spec.dirac_layers:
+            # diag(a)·δ + b·W is δ at a = 1, b = 0 whatever W is; W keeps its init, so that
+            # b's gradient <dL/dK, W> is not zero and training can leave the identity.
+            a, b = (f'{conv}/{name}' for name in models.DIRAC_PARAMS)
+            flat[a], flat[b] = jnp.ones_like(flat[a]), jnp.zeros_like(flat[b])
+        else:
+            flat[f'{conv}/kernel'] = models.dirac_kernel(kernel.shape, kernel.dtype)
         if f'{conv}/bias' in flat:
             flat[f'{conv}/bias'] = jnp.zeros_like(flat[f'{conv}/bias'])
     for norm in spec.norms:

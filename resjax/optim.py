@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from resjax import models
+
+# Parameters that weight decay leaves alone, by leaf name: the per-channel a and b of a
+# Dirac-parametrised conv (DiracNets decay W only, so that the identity a·δ costs nothing).
+NO_WEIGHT_DECAY = frozenset(models.DIRAC_PARAMS)
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
@@ -41,8 +48,26 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
+def decayed_weights(
+    weight_decay: float, exclude: frozenset[str] = NO_WEIGHT_DECAY
+) -> optax.GradientTransformation:
+    """`optax.add_decayed_weights(weight_decay)` (adds `weight_decay * w` to each update) on
+    every leaf but those whose name (last path key) is in `exclude`, whose updates pass through
+    unchanged. Its state is the unmasked transformation's own, and with no such leaf its
+    updates are the same arrays, so models without them train and checkpoint as before."""
+    decay = optax.add_decayed_weights(weight_decay)
+
+    def update(updates, state, params=None):
+        decayed, state = decay.update(updates, state, params)
+        keep = lambda path, d, g: g if getattr(path[-1], 'key', None) in exclude else d
+        return jax.tree_util.tree_map_with_path(keep, decayed, updates), state
+
+    return optax.GradientTransformation(decay.init, update)
+
+
 def create_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and weight decay on every parameter.
+    """SGD with (Nesterov) momentum and weight decay on every parameter except the Dirac
+    scales a and b (`NO_WEIGHT_DECAY`; only Dirac-parametrised models have them).
 
     `weight_decay_mode='l2'` adds `weight_decay * w` to the gradient before momentum, which is
     what the paper's Caffe solver (and PyTorch's SGD) does: an L2 penalty of
@@ -52,7 +77,7 @@ def create_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransfor
     """
     schedule = learning_rate_schedule(train)
     momentum = optax.trace(decay=train.momentum, nesterov=train.nesterov)
-    decay = optax.add_decayed_weights(train.weight_decay)
+    decay = decayed_weights(train.weight_decay)
     if train.weight_decay_mode == 'l2':
         chain = [decay, momentum]
     elif train.weight_decay_mode == 'decoupled':

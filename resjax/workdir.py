@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resjax import metrics
+from resjax import config_lib, metrics
 
 LOCK_FILE = '.lock'
 
@@ -70,8 +70,11 @@ def check(
             ) from None
         if not config.train.allow_config_change:
             new = json.loads(config.to_json_best_effort())
+            defaults = json.loads(config_lib.default_config().to_json_best_effort())
             for key in resume_critical:
-                a, b = _get(old, key), _get(new, key)
+                # A key the run's config.json predates had its default value then.
+                a = _get(old, key) if _has(old, key) else _get(defaults, key)
+                b = _get(new, key)
                 if a != b:
                     raise WorkdirError(
                         f'workdir {workdir!r} holds a run with {key}={a}, this config has {b}; '
@@ -162,6 +165,15 @@ def try_lock(path: str, wait: bool = False) -> tuple[IO | None, str]:
     handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
     handle.flush()
     return handle, ''
+
+
+def _has(tree: dict, dotted: str) -> bool:
+    """Whether the nested dict `tree` holds the '.'-joined key `dotted`."""
+    for k in dotted.split('.'):
+        if not isinstance(tree, dict) or k not in tree:
+            return False
+        tree = tree[k]
+    return True
 
 
 def _get(tree: dict, dotted: str):

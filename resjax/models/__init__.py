@@ -11,6 +11,7 @@ Adding a family is one `register(ModelFamily(...))` call; nothing else names the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,20 @@ import jax.numpy as jnp
 import ml_collections
 
 from resjax.models import layout
-from resjax.models.conv import WEIGHT_GRADS
+from resjax.models.conv import WEIGHT_GRADS, dirac_kernel
 from resjax.models.layout import BlockSpec, Layout
-from resjax.models.resnet import IMAGENET_STAGES, NORMS, SHORTCUTS, ResNet
+from resjax.models.resnet import (
+    DIRAC_MODES,
+    DIRAC_PARAMS,
+    IMAGENET_STAGES,
+    NORMS,
+    SHORTCUTS,
+    ResNet,
+)
 
 __all__ = [
+    'DIRAC_MODES',
+    'DIRAC_PARAMS',
     'FAMILIES',
     'WEIGHT_GRADS',
     'BlockSpec',
@@ -32,6 +42,7 @@ __all__ = [
     'ModelFamily',
     'ResNet',
     'create_model',
+    'dirac_kernel',
     'layout',
     'model_layout',
     'register',
@@ -151,6 +162,21 @@ def _validate_resnet(model: ml_collections.ConfigDict) -> None:
         )
     if model.width <= 0:
         raise ValueError(f'model.width={model.width} must be a positive width multiplier')
+    if model.dirac not in DIRAC_MODES:
+        raise ValueError(f'model.dirac={model.dirac!r} is unknown; use one of {DIRAC_MODES}')
+    if model.dirac != 'none' and model.residual:
+        raise ValueError(
+            f'model.dirac={model.dirac!r} is for plain nets (model.residual=False): a residual '
+            "net has its identity in the shortcut; use model.dirac='none'"
+        )
+    scale = model.shortcut_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(f'model.shortcut_scale={scale!r} must be a positive finite number')
+    if scale != 1.0 and not model.residual:
+        raise ValueError(
+            f'model.shortcut_scale={scale} scales the shortcut of residual blocks; a plain net '
+            '(model.residual=False) has none: leave it 1.0'
+        )
 
 
 def _build_resnet(
@@ -179,6 +205,8 @@ def _build_resnet(
         dtype=DTYPES[model.dtype],
         weight_grad=model.weight_grad,
         scan_blocks=model.scan_blocks,
+        dirac=model.dirac,
+        shortcut_scale=float(model.shortcut_scale),
         **kwargs,
     )
 
@@ -188,8 +216,15 @@ def _resnet_layout(model: ml_collections.ConfigDict) -> Layout:
 
 
 def _resnet_label(model: dict[str, Any]) -> str:
+    """E.g. 'ResNet-56', 'plain-56 (no BN)', 'plain-56 (Dirac param)', 'ResNet-56 (shortcut
+    x0.5)'; a config.json from before `dirac` and `shortcut_scale` reads as their defaults."""
     name = f'{"ResNet" if model["residual"] else "plain"}-{model["depth"]}'
-    return name + (' (no BN)' if model['norm'] == 'none' else '')
+    notes = ['no BN'] if model['norm'] == 'none' else []
+    if model.get('dirac', 'none') != 'none':
+        notes.append(f'Dirac {model["dirac"]}')
+    if model.get('shortcut_scale', 1.0) != 1.0:
+        notes.append(f'shortcut x{model["shortcut_scale"]:g}')
+    return name + (f' ({", ".join(notes)})' if notes else '')
 
 
 for _name in ('cifar', 'imagenet'):
@@ -198,7 +233,16 @@ for _name in ('cifar', 'imagenet'):
             name=_name,
             validate=_validate_resnet,
             build=_build_resnet,
-            architecture_keys=('depth', 'residual', 'shortcut', 'norm', 'width', 'preactivation'),
+            architecture_keys=(
+                'depth',
+                'residual',
+                'shortcut',
+                'norm',
+                'width',
+                'preactivation',
+                'dirac',
+                'shortcut_scale',
+            ),
             label=_resnet_label,
             layout=_resnet_layout,
         )

@@ -28,12 +28,23 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 WEIGHT_GRADS = ('auto', 'xla', 'stored')
 # The name of every convolution's output for `jax.checkpoint` policies (`checkpoint_name`).
 CONV_OUTPUT = 'conv_output'
+
+
+def dirac_kernel(shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """The Dirac kernel of an HWIO convolution shape (k, k, c, c): 1 at the centre tap from
+    channel i to channel i, 0 elsewhere, so that the convolution (stride 1, padding k // 2)
+    is x -> x. ValueError unless the kernel is square with as many channels in as out."""
+    if len(shape) != 4 or shape[0] != shape[1] or shape[2] != shape[3]:
+        raise ValueError(f'a Dirac kernel needs shape (k, k, c, c), not {tuple(shape)}')
+    k, _, c, _ = shape
+    return jnp.zeros(shape, dtype).at[k // 2, k // 2].set(jnp.eye(c, dtype=dtype))
 
 
 def _materialise(x: jax.Array) -> jax.Array:

@@ -43,6 +43,9 @@ class BlockSpec:
     branch_end: the parameter path of the layer whose output ends the residual branch: a
       lesion zeroes every leaf under it, so that the branch outputs exactly 0. None for a plain
       block.
+    dirac_layers: the paths among `layers` whose kernel is Dirac-parametrised, diag(a)·δ + b·W
+      (DiracNets; `resjax.models.resnet.DiracConv`: leaves 'kernel' = W, 'dirac_a', 'dirac_b'),
+      so that a = 1, b = 0 makes the layer the identity; empty for every other model.
     """
 
     name: str
@@ -56,6 +59,7 @@ class BlockSpec:
     layers: tuple[str, ...]
     norms: tuple[str, ...] = ()
     branch_end: str | None = None
+    dirac_layers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.residual != (self.shortcut is not None) or (
@@ -67,6 +71,8 @@ class BlockSpec:
             )
         if self.residual and self.branch_end is None:
             raise ValueError(f'residual block {self.name!r} names no branch_end')
+        if not set(self.dirac_layers) <= set(self.layers):
+            raise ValueError(f'block {self.name!r}: dirac_layers {self.dirac_layers} not in layers')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,12 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 SHORTCUTS = ('identity_pad', 'projection', 'all_projection')
 NORMS = ('batch', 'none')
+# How a plain net's shape-keeping convs get the identity (`Block.dirac`): not at all, by
+# parametrisation (DiracNets) or by initialisation only.
+DIRAC_MODES = ('none', 'param', 'init')
+# The leaves of a Dirac-parametrised conv beside its 'kernel' (W): the per-output-channel a
+# and b of diag(a)·δ + b·W. Weight decay leaves them alone (`resjax.optim`).
+DIRAC_PARAMS = ('dirac_a', 'dirac_b')
 
 # name -> (block kind, blocks per stage), ImageNet family (paper Table 1).
 IMAGENET_STAGES = {
@@ -71,21 +77,83 @@ class Norm(nn.Module):
         )(x)
 
 
-def _conv_layer(module: nn.Module, features: int, k: int, strides: int, name: str) -> nn.Conv:
+def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """A Flax kernel initializer giving the Dirac kernel (`conv.dirac_kernel`): the
+    convolution starts as x -> x. `key` is unused (the init is deterministic)."""
+    del key
+    return conv_lib.dirac_kernel(shape, dtype)
+
+
+# What `nn.Conv` passes for a 2-D NHWC input and an HWIO kernel.
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+class DiracConv(nn.Module):
+    """A stride-1 k x k convolution from c to c channels whose kernel is diag(a)·δ + b·W
+    (Zagoruyko & Komodakis 2017, "DiracNets"): δ the Dirac kernel (x -> x), W the 'kernel'
+    leaf (He-normal init, as a plain conv's), a and b learned per output channel ('dirac_a',
+    'dirac_b', both initialised to 1). So a = 0, b = 1 is the plain conv with kernel W, and
+    a = 1, b = 0 the identity, whatever W is. W is used as it is, not normalised per filter as
+    in the authors' code: normalising would break that a = 0, b = 1 equivalence. Otherwise it
+    computes what `nn.Conv` computes: padding k // 2, a bias only if `use_bias`, inputs and
+    kernel cast to `dtype`."""
+
+    features: int
+    kernel_size: int
+    use_bias: bool
+    dtype: Any = jnp.float32
+    conv_general_dilated: Any = jax.lax.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, p = self.kernel_size, self.kernel_size // 2
+        # 'kernel' first: Flax folds a per-module counter into each parameter's rng, so W is
+        # the kernel a plain conv at this path would get from the same seed.
+        w = self.param('kernel', he_normal, (k, k, x.shape[-1], self.features), jnp.float32)
+        a = self.param(DIRAC_PARAMS[0], nn.initializers.ones, (self.features,), jnp.float32)
+        b = self.param(DIRAC_PARAMS[1], nn.initializers.ones, (self.features,), jnp.float32)
+        kernel = a * conv_lib.dirac_kernel(w.shape, w.dtype) + b * w  # O is the last axis.
+        bias = None
+        if self.use_bias:
+            bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = self.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            ((p, p), (p, p)),
+            lhs_dilation=(1, 1),
+            rhs_dilation=(1, 1),
+            dimension_numbers=_NHWC_HWIO,
+            feature_group_count=1,
+            precision=None,
+        )
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+
+
+def _conv_layer(
+    module: nn.Module, features: int, k: int, strides: int, name: str, dirac: str = 'none'
+) -> nn.Module:
     """A k x k convolution, He-normal init, symmetric padding k // 2 (PyTorch's and the
     paper's), a bias only without normalisation; `module.weight_grad` picks how its weight
-    gradient is computed (`resjax.models.conv`: same numbers, faster on CPU)."""
+    gradient is computed (`resjax.models.conv`: same numbers, faster on CPU). `dirac`
+    ('param' or 'init', for a stride-1 conv with as many channels in as out) makes it a
+    `DiracConv`, or starts its kernel at the Dirac kernel."""
+    conv_general_dilated = functools.partial(
+        conv_lib.conv_general_dilated, weight_grad=module.weight_grad
+    )
+    use_bias = module.norm == 'none'
+    if dirac == 'param':
+        return DiracConv(features, k, use_bias, module.dtype, conv_general_dilated, name=name)
     return nn.Conv(
         features,
         (k, k),
         (strides, strides),
         padding=((k // 2, k // 2),) * 2,
-        use_bias=module.norm == 'none',
-        kernel_init=he_normal,
+        use_bias=use_bias,
+        kernel_init=dirac_init if dirac == 'init' else he_normal,
         dtype=module.dtype,
-        conv_general_dilated=functools.partial(
-            conv_lib.conv_general_dilated, weight_grad=module.weight_grad
-        ),
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
@@ -95,6 +163,11 @@ class Block(nn.Module):
     ReLU but after the last); with `residual`, plus a shortcut (paper §3.3), then the ReLU.
     With `preactivation` (He et al. 2016, "Identity Mappings") each convolution is preceded
     by norm-ReLU instead, and nothing follows the add. Subclasses say only what the layers are.
+
+    `dirac` (plain blocks only) applies to each convolution that keeps the shape (stride 1, as
+    many channels in as out; `dirac_modes`): 'param' makes it a `DiracConv`, 'init' starts its
+    kernel at the Dirac kernel (no noise added), 'none' leaves it a He-init conv.
+    `shortcut_scale` multiplies the shortcut: y = F(x) + shortcut_scale * shortcut(x).
     """
 
     filters: int
@@ -107,6 +180,8 @@ class Block(nn.Module):
     axis_name: str | None = None
     dtype: Any = jnp.float32
     weight_grad: str = 'auto'
+    dirac: str = 'none'
+    shortcut_scale: float = 1.0
 
     expansion = 1  # Output channels = filters * expansion.
 
@@ -114,17 +189,28 @@ class Block(nn.Module):
         """(features, kernel size, stride) of each convolution, in forward order."""
         raise NotImplementedError
 
+    def dirac_modes(self, channels_in: int) -> list[str]:
+        """`dirac` for each convolution (forward order) that keeps the shape of its input
+        (stride 1, as many channels in as out) for a block input of `channels_in` channels;
+        'none' for the others (a strided or channel-changing conv has no identity)."""
+        modes, channels = [], channels_in
+        for features, _, strides in self.layers():
+            modes.append(self.dirac if strides == 1 and channels == features else 'none')
+            channels = features
+        return modes
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = functools.partial(_conv_layer, self)
         norm = lambda name, zero=False: Norm(self.norm, zero, self.axis_name, self.dtype, name=name)
         layers = self.layers()
+        dirac = self.dirac_modes(x.shape[-1])
         last = len(layers)
         if self.preactivation:
             y = nn.relu(norm('norm1')(x, train))
             shortcut_in = y if _needs_projection(self, x.shape[-1]) else x
             for i, (features, k, strides) in enumerate(layers, 1):
-                y = conv(features, k, strides, f'conv{i}')(y)
+                y = conv(features, k, strides, f'conv{i}', dirac[i - 1])(y)
                 if i < last:
                     y = nn.relu(
                         signals.observe(self, f'response{i}', norm(f'norm{i + 1}')(y, train))
@@ -134,7 +220,7 @@ class Block(nn.Module):
             return signals.observe(self, 'output', y)
         y = x
         for i, (features, k, strides) in enumerate(layers, 1):
-            y = conv(features, k, strides, f'conv{i}')(y)
+            y = conv(features, k, strides, f'conv{i}', dirac[i - 1])(y)
             zero = i == last and self.zero_init_last
             y = signals.observe(self, f'response{i}', norm(f'norm{i}', zero)(y, train))
             if i < last:
@@ -145,8 +231,11 @@ class Block(nn.Module):
 
 
 def _add_shortcut(block: nn.Module, branch: jax.Array, shortcut: jax.Array) -> jax.Array:
-    """F(x) + shortcut(x); both terms are sown ('branch', 'shortcut') for the block probes
-    (`resjax.probes.blocks`: the branch ratio ||F(x)|| / ||x||), a no-op otherwise."""
+    """F(x) + shortcut_scale * shortcut(x); both terms (the shortcut scaled: what is added)
+    are sown ('branch', 'shortcut') for the block probes (`resjax.probes.blocks`: the branch
+    ratio ||F(x)|| / ||shortcut||), a no-op otherwise."""
+    if block.shortcut_scale != 1.0:  # A Python constant: at 1.0 the graph is as it was.
+        shortcut = block.shortcut_scale * shortcut
     block.sow('intermediates', 'branch', branch)
     block.sow('intermediates', 'shortcut', shortcut)
     return branch + shortcut
@@ -250,6 +339,8 @@ class ResNet(nn.Module):
 
     Input: NHWC images (any channel count, any spatial size >= 8). Output: float32 logits.
     `dtype` is the compute dtype (e.g. bfloat16); parameters are always float32.
+    `dirac` and `shortcut_scale`: as `Block`'s, for every block (plain nets: `dirac`; residual
+    nets: `shortcut_scale`; the defaults change nothing).
     """
 
     num_classes: int
@@ -266,6 +357,8 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     weight_grad: str = 'auto'
     scan_blocks: bool = False
+    dirac: str = 'none'
+    shortcut_scale: float = 1.0
 
     def _block(self, filters: int, **kwargs: Any) -> Block:
         return BLOCKS[self.block](
@@ -278,6 +371,8 @@ class ResNet(nn.Module):
             axis_name=self.axis_name,
             dtype=self.dtype,
             weight_grad=self.weight_grad,
+            dirac=self.dirac,
+            shortcut_scale=self.shortcut_scale,
             **kwargs,
         )
 
@@ -286,7 +381,8 @@ class ResNet(nn.Module):
         stride 2; the branch ends at its last BN (post-activation with BN: what F(x) is before
         the add) or its last conv (pre-activation, or no BN); the shortcut is a projection
         where `shortcut` asks for one (`_needs_projection`), else option A's parameter-free
-        identity ('identity_pad' where it subsamples or pads)."""
+        identity ('identity_pad' where it subsamples or pads); with `dirac='param'` the
+        shape-keeping convs (`Block.dirac_modes`) are listed as Dirac-parametrised."""
         specs = []
         channels = self.widths[0]  # The stem's output.
         position = 1
@@ -297,6 +393,8 @@ class ResNet(nn.Module):
                 out = _out_channels(block)
                 name = layout_lib.block_name(position, stage, index)
                 convs = tuple(f'{name}/conv{i}' for i in range(1, len(block.layers()) + 1))
+                modes = block.dirac_modes(channels)
+                dirac = tuple(c for c, mode in zip(convs, modes) if mode == 'param')
                 norms = ()
                 if self.norm != 'none':
                     norms = tuple(f'{name}/norm{i}/bn' for i in range(1, len(convs) + 1))
@@ -322,6 +420,7 @@ class ResNet(nn.Module):
                         layers=convs,
                         norms=norms,
                         branch_end=end,
+                        dirac_layers=dirac,
                     )
                 )
                 channels = out
