@@ -62,9 +62,12 @@ def inspection_settings(inspect: ml_collections.ConfigDict) -> dict:
 
 
 def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:
-    """The `smoke` argument of a study config: two small depths, one seed, tiny inspection."""
+    """The `smoke` argument of a study config: two small depths (a constructed entry becomes
+    '8->14'), one seed, tiny inspection, a sweep of at most 10 steps a run."""
     s.depths = (8, 14)
     s.exclude = ()
+    # A constructed entry names the full grid's depths: at the smoke depths it is '8->14'.
+    s.constructed = ('8->14',) if s.constructed else ()
     s.seeds = s.seeds[:1]
     s.inspect.max_depth = 0
     s.inspect.examples = 32

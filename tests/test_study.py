@@ -85,6 +85,14 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
     assert (r110.warmup, r110.warmup_steps) == ('constant', 400)
 
 
+@pytest.mark.parametrize('name', ['study_digits.py', 'study_cifar10.py', 'study_cifar10_folder.py'])
+def test_every_study_config_and_its_smoke_expand_to_a_grid(name, tmp_path):
+    for arg in (None, 'smoke'):
+        specs = study.expand_grid(load_config(name, arg), str(tmp_path))
+        assert specs and all(s.config.train.steps > 0 for s in specs)
+    assert {s.depth for s in specs} == {8, 14}  # The smoke grid, constructed runs included.
+
+
 def test_lmc_partners_share_the_init_and_stay_out_of_the_grid(tmp_path):
     config = load_config('study_digits.py')
     config.study.seeds, config.study.lmc = (0, 1), True
