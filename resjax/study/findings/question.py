@@ -74,12 +74,6 @@ def deepest_pairs(ev: Evidence) -> tuple[int, list[tuple[RunData, RunData | None
     return ev.depths[-1], []
 
 
-def _deepest_pair(ev: Evidence) -> tuple[int, RunData | None, RunData | None]:
-    """The first seed's pair of `deepest_pairs` (None, None if there is none)."""
-    depth, pairs = deepest_pairs(ev)
-    return (depth, *pairs[0]) if pairs else (depth, None, None)
-
-
 def _last_probe(run: RunData) -> dict:
     probes = run.probe_rows()
     return probes[max(probes)] if probes else {}
