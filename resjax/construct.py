@@ -111,7 +111,7 @@ def check_source(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _identity_block(
+def identity_block(
     spec: models.BlockSpec, params: PyTree, stats: PyTree, mean: jax.Array, var: jax.Array
 ) -> tuple[PyTree, PyTree]:
     """The deep net's (params, batch_stats) with block `spec` set to the identity for inputs
@@ -153,7 +153,7 @@ def replace_by_identity(
             'with as many channels in as out can be replaced by the identity'
         )
     before = layout.names[layout.names.index(block) - 1]
-    params, stats = _identity_block(
+    params, stats = identity_block(
         spec, variables['params'], variables.get('batch_stats', {}), *moments[before]
     )
     return {**variables, 'params': params, 'batch_stats': stats}
@@ -223,7 +223,7 @@ def extend(
         if moments is None:
             moments = block_input_moments(shallow_model, shallow_variables, images)
         mean, var = moments[source[-1].name]
-        params, stats = _identity_block(spec, params, stats, mean, var)
+        params, stats = identity_block(spec, params, stats, mean, var)
     # Every leaf its own buffer: added blocks share their statistics' arrays, and the training
     # step donates the state (one buffer donated twice is an error).
     return jax.tree.map(lambda x: jnp.array(x, copy=True), {'params': params, 'batch_stats': stats})

@@ -218,12 +218,23 @@ def load_runs(workdirs: list[str], step: int | None = None, batch: int = 128) ->
 def train_examples(run: Run, num: int) -> dict[str, np.ndarray]:
     """The first `num` training examples of the run's epoch-0 order (all of them if `num` is 0
     or exceeds the training set), as {'image', 'label'} arrays."""
-    num = run.dataset.num_train if num <= 0 else min(num, run.dataset.num_train)
+    return dataset_examples(run.dataset, num)
+
+
+def dataset_examples(
+    dataset: data.Dataset, num: int, split: str = 'train'
+) -> dict[str, np.ndarray]:
+    """The first `num` examples of `split`: 'train' in the epoch-0 order, 'test' in order and
+    without padding (all of them if `num` is 0 or exceeds the split), as {'image', 'label'}."""
+    total = dataset.num_train if split == 'train' else dataset.num_eval
+    num = total if num <= 0 else min(num, total)
+    batches = dataset.train_batches(0) if split == 'train' else dataset.eval_batches()
     images, labels, have = [], [], 0
-    for b in run.dataset.train_batches(0):
-        images.append(b['image'])
-        labels.append(b['label'])
-        have += len(b['label'])
+    for b in batches:
+        keep = b['mask'].astype(bool) if 'mask' in b else slice(None)
+        images.append(np.asarray(b['image'])[keep])
+        labels.append(np.asarray(b['label'])[keep])
+        have += len(labels[-1])
         if have >= num:
             break
     return {'image': np.concatenate(images)[:num], 'label': np.concatenate(labels)[:num]}
