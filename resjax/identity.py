@@ -26,7 +26,7 @@ held-out test features. For plain stacks, the off-Dirac fraction of each 3x3 ker
 makes irrelevant), ~1 - 1/(9 C) for a random one; the stack's mean over its convs.
 
 What each answer to "why is the residual easier to learn?" predicts (`PREDICTIONS`), stated
-before any number; `verdict` applies the rule for (a) (`RULE`).
+before any number; `verdict` applies the rule for the first (`RULE`).
 """
 
 from __future__ import annotations
@@ -57,19 +57,19 @@ TARGETS = ('identity', 'near_identity', 'random')
 STACKS = ('plain', 'residual', 'plain_dirac', 'linear_plain', 'linear_residual')
 MOMENTUM = 0.9
 # A plain stack "fails" where its error exceeds the residual stack's by more than this many
-# decades (beyond the seed spread): the "plain >> residual" of (a)'s prediction.
+# decades (beyond the seed spread): the "plain >> residual" of the identity-as-zero prediction.
 DECADES = 1.0
 
 PREDICTIONS = {
-    '(a) the identity is the zero of the parametrisation': (
+    'identity-as-zero: the identity is the zero of the parametrisation': (
         'plain error >> residual error on (i) and (ii), growing with depth, but not on (iii); '
         'plain_dirac (plain blocks started at the identity) fits (i) at once but, like plain, '
         'struggles on (ii) if what is hard is leaving the identity by a small step'
     ),
-    '(b) a good starting point': (
+    'starting point: what matters is starting at the identity': (
         'plain_dirac fits (i) and (ii) as well as the residual stack; plain from He init does not'
     ),
-    '(c) explicit short paths': (
+    'short paths: the shortcut makes an ensemble of shallow paths': (
         'no plain/residual difference that the other two answers explain: a gap on every target, '
         '(iii) included, growing with depth'
     ),
@@ -79,12 +79,12 @@ PREDICTIONS = {
     ),
 }
 RULE = (
-    "(a)'s prediction holds if, at the deepest stack and each stack's best lr, the plain stack's "
-    f"relative error on the training features exceeds the residual stack's by more than "
-    f'{DECADES:g} decade (log10, beyond the seed spread) on (i) and on (ii), and not on (iii); '
-    'it fails if on (i) or (ii) the plain stack is not worse by that much (the gap is within the '
-    'spread or smaller), or if it is worse by that much on (iii) too (plain stacks are then '
-    'harder to train whatever the target, not harder at the identity); otherwise undecided'
+    "the identity-as-zero prediction holds if, at the deepest stack and each stack's best lr, "
+    "the plain stack's relative error on the training features exceeds the residual stack's "
+    f'by more than {DECADES:g} decade (log10, beyond the seed spread) on (i) and on (ii), and '
+    'not on (iii); it fails if on (i) or (ii) the excess falls short of that (beyond the '
+    'spread), or if it exceeds it on (iii) too (plain stacks are then harder to train whatever '
+    'the target, not harder at the identity); otherwise undecided'
 )
 
 
@@ -355,7 +355,7 @@ def features(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray,
 
 
 def verdict(rows: list[dict], depth: int) -> dict:
-    """(a)'s `RULE` applied to `run_experiment`'s rows at `depth`: {'verdict', 'decades'} with,
+    """`RULE` applied to `run_experiment`'s rows at `depth`: {'verdict', 'decades'} with,
     per target, the plain minus residual log10 final training error (each stack at its best
     lr, per seed) as Seeds text."""
 
@@ -380,9 +380,9 @@ def verdict(rows: list[dict], depth: int) -> dict:
     worse = {t: sign[t] == 1 for t in TARGETS}
     not_worse = {t: sign[t] == -1 for t in TARGETS}
     if worse['identity'] and worse['near_identity'] and not_worse['random']:
-        v = "(a)'s prediction holds"
+        v = 'the identity-as-zero prediction holds'
     elif not_worse['identity'] or not_worse['near_identity'] or worse['random']:
-        v = "(a)'s prediction fails"
+        v = 'the identity-as-zero prediction fails'
     else:
         v = 'undecided'
     n = min(len(best('plain', t)) for t in TARGETS)

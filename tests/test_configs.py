@@ -6,7 +6,10 @@ import pytest
 
 from resjax import models, train
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')))
+ALL = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')))
+# configs/identity.py configures scripts/identity.py, not a training run.
+IDENTITY = [p for p in ALL if os.path.basename(p) == 'identity.py']
+CONFIGS = [p for p in ALL if p not in IDENTITY]
 
 
 def load(path, arg=None):
@@ -31,6 +34,19 @@ def test_config_files_validate(path, arg):
     # Every config file documents the command that runs it (big_vision's habit).
     with open(path) as f:
         assert 'scripts/train.py --config configs/' + os.path.basename(path) in f.read()
+
+
+@pytest.mark.parametrize('arg', [None, 'smoke'])
+def test_identity_config_validates_and_smoke_shrinks_it(arg):
+    from resjax import identity
+
+    (path,) = IDENTITY
+    config = load(path, arg)
+    identity.validate_config(config)
+    if arg == 'smoke':
+        assert config.identity.steps < load(path).identity.steps
+    with open(path) as f:
+        assert 'scripts/identity.py --config configs/identity.py' in f.read()
 
 
 def test_smoke_keeps_every_code_path_on():

@@ -71,6 +71,9 @@ def test_train_stack_errors_match_a_direct_computation_and_divergence_is_nan():
     assert np.isnan(rows[('identity', 1e4)]['train'][-1])
 
 
+HOLDS, FAILS = (f'the identity-as-zero prediction {v}' for v in ('holds', 'fails'))
+
+
 def _rows(plain, residual, seeds=(0, 1)):
     """Synthetic rows: the final training error of each stack per target, per seed."""
     out = []
@@ -86,15 +89,15 @@ def _rows(plain, residual, seeds=(0, 1)):
 @pytest.mark.parametrize(
     'plain, residual, verdict',
     [
-        # 3 decades worse at (i) and (ii), equal at (iii): (a)'s prediction.
+        # 3 decades worse at (i) and (ii), equal at (iii): the identity-as-zero prediction.
         ({'identity': 1e-1, 'near_identity': 1e-1, 'random': 1e-2},
-         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}, "(a)'s prediction holds"),
+         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}, HOLDS),
         # No worse at the identity.
         ({'identity': 1e-4, 'near_identity': 1e-1, 'random': 1e-2},
-         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}, "(a)'s prediction fails"),
+         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}, FAILS),
         # Worse everywhere: harder to train, not harder at the identity.
         ({'identity': 1e-1, 'near_identity': 1e-1, 'random': 1e-1},
-         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-4}, "(a)'s prediction fails"),
+         {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-4}, FAILS),
         # Exactly one decade at (ii): within the rule's margin on neither side.
         ({'identity': 1e-1, 'near_identity': 1e-3, 'random': 1e-2},
          {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}, 'undecided'),
@@ -108,7 +111,7 @@ def test_rule_with_one_seed_is_provisional_and_counts_the_seed_spread():
     plain = {'identity': 1e-1, 'near_identity': 1e-1, 'random': 1e-2}
     residual = {'identity': 1e-4, 'near_identity': 1e-4, 'random': 1e-2}
     one = identity.verdict(_rows(plain, residual, seeds=(0,)), 9)['verdict']
-    assert one == "(a)'s prediction holds; provisional: one seed"
+    assert one == 'the identity-as-zero prediction holds; provisional: one seed'
     # Seeds 2 decades apart at (ii) for the plain stack: a 2-decade spread swallows the gap.
     rows = _rows(plain, residual)
     for r in rows:
