@@ -31,6 +31,7 @@ before any number; `verdict` applies the rule for the first (`RULE`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -354,23 +355,37 @@ def features(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray,
     return entering(train), entering(test), f'the output of {name} of {what}'
 
 
+def best_errors(rows: list[dict], kind: str, depth: int, target: str) -> dict[int, float]:
+    """{seed: final relative training error at the best lr of that seed} for one stack, depth
+    and target; inf for a seed whose every lr diverged."""
+    per_seed: dict[int, float] = {}
+    for r in rows:
+        if (r['stack'], r['depth'], r['target']) == (kind, depth, target):
+            e = r['train'][-1]
+            e = e if np.isfinite(e) else np.inf
+            per_seed[r['seed']] = min(per_seed.get(r['seed'], np.inf), e)
+    return per_seed
+
+
+def summary(rows: list[dict]) -> dict[str, str]:
+    """{'<stack> x<depth> <target>': final training error at the best lr, 'm (lo to hi over n
+    seeds)'} for every stack, depth and target of the rows."""
+    keys = dict.fromkeys((r['stack'], r['depth'], r['target']) for r in rows)
+    return {
+        f'{k} x{d} {t}': seeds_of(best_errors(rows, k, d, t).values()).show(lambda v: f'{v:.3g}')
+        for k, d, t in keys
+    }
+
+
 def verdict(rows: list[dict], depth: int) -> dict:
     """`RULE` applied to `run_experiment`'s rows at `depth`: {'verdict', 'decades'} with,
     per target, the plain minus residual log10 final training error (each stack at its best
     lr, per seed) as Seeds text."""
-
-    def best(kind, target):
-        per_seed = {}
-        for r in rows:
-            if (r['stack'], r['depth'], r['target']) == (kind, depth, target):
-                e = r['train'][-1]
-                e = np.inf if not np.isfinite(e) else e
-                per_seed[r['seed']] = min(per_seed.get(r['seed'], np.inf), e)
-        return per_seed
+    best = functools.partial(best_errors, rows, depth=depth)
 
     decades, sign = {}, {}
     for t in TARGETS:
-        p, q = best('plain', t), best('residual', t)
+        p, q = best('plain', target=t), best('residual', target=t)
         seeds = sorted(set(p) & set(q))
         if not seeds:
             return {'verdict': f'undecided: no plain and residual runs of depth {depth} on {t}'}
@@ -385,7 +400,7 @@ def verdict(rows: list[dict], depth: int) -> dict:
         v = 'the identity-as-zero prediction fails'
     else:
         v = 'undecided'
-    n = min(len(best('plain', t)) for t in TARGETS)
+    n = min(len(best('plain', target=t)) for t in TARGETS)
     if n == 1:
         v += '; provisional: one seed'
     return {'verdict': v, 'decades': decades}
@@ -415,7 +430,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'steps': measured,
         'runs': rows,
     }
-    if {'plain', 'residual'} <= set(c.stacks):
+    result['summary'] = summary(rows)
+    if {'plain', 'residual'} <= set(c.stacks) and set(TARGETS) <= set(c.targets):
         result['finding'] = verdict(rows, max(c.depths))
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'identity.json'), 'w') as f:

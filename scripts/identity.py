@@ -39,6 +39,8 @@ def main(argv):
     except (OSError, ValueError, runs.RunError) as e:
         print(f'error: {str(e).strip().splitlines()[-1]}', file=sys.stderr)
         sys.exit(2)
+    for key, value in result['summary'].items():
+        print(f'{key}: {value}')
     print(f'rule: {result["rule"]}')
     if 'finding' in result:
         f = result['finding']
