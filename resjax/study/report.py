@@ -179,6 +179,7 @@ def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> 
         f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
         f'{list(s.residual)}, norm {list(s.norms)}, seeds {list(s.seeds)}. Every run: {recipe}'
         + ''.join(f'; override "{o}"' for o in s.overrides)
+        + ''.join(f'; variant "{v}"' for v in s.get('variants', ()))
         + (
             f'; constructed-solution sweep ({", ".join(s.constructed)}): {s.constructed_steps} '
             f'steps at each constant lr {list(s.constructed_lrs)}, no warm-up'
