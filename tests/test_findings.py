@@ -502,3 +502,16 @@ def test_shortcut_says_what_is_missing():
     assert isinstance(_compute('question_shortcut', ev), str)
     ev.study.variants = ()  # a study without variants cannot pose the question
     assert _compute('question_shortcut', ev) is None
+
+
+def test_shortcut_figure_15_has_a_panel_per_seed(tmp_path):
+    from resjax.study import figures
+
+    errors = {**SHORTCUT_PAIR, 'diracparam': 0.22, 'diracinit': 0.38}
+    ev = _shortcut_evidence(errors, seeds=(0, 1))
+    fig = figures.figure_variants(ev.runs, str(tmp_path))
+    assert fig['width'] > 1.8 * fig['height']  # two panels side by side
+    numbers = json.load(open(fig['path'][: -len('.png')] + '.json'))
+    assert len(numbers) == 10  # plain, ResNet and three variants, each seed
+    assert numbers['plain8_bn_diracinit_s1']['test_error'] == [pytest.approx(0.38)]
+    assert figures.figure_variants([r for r in ev.runs if r.spec.group], str(tmp_path)) is None

@@ -61,7 +61,7 @@ def _closes(v: Seeds, mid: Seeds, margin: float) -> int:
     return -gap(v, mid, margin)
 
 
-@finding('question_shortcut', 1, 'What does the shortcut provide?', CLAIM_SHORTCUT,
+@finding('question_shortcut', 15, 'What does the shortcut provide?', CLAIM_SHORTCUT,
          question='What does the shortcut provide: the zero, the start or the paths?')  # fmt: skip
 def question_shortcut(ev: Evidence) -> Claim | str | None:
     """Final test errors of the deepest pair and its variants, per seed, against the pair's
