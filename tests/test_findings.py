@@ -474,6 +474,7 @@ def test_shortcut_gives_each_verdict(param, init, want):
 def test_shortcut_no_gap_to_explain_and_two_seeds():
     claim = _shortcut({**SHORTCUT_PAIR, 'plain': 0.2, 'diracparam': 0.2, 'diracinit': 0.3})
     assert claim.verdict == 'undecided: no gap to explain; provisional: one seed'
+    assert 'of the gap' not in claim.text  # no closure of a gap that is not there
     # Two seeds: the Dirac-param net is below the midpoint by more than its spread.
     errors = {'plain': (0.40, 0.42), 'resnet': (0.20, 0.22), 'shortcut0.5': (0.21, 0.20),
               'diracparam': (0.22, 0.25), 'diracinit': (0.38, 0.41)}  # fmt: skip

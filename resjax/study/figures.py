@@ -501,7 +501,8 @@ def figure_sweep(sweep: list[dict], fig_dir: str) -> dict | None:
 def figure_variants(runs: list[RunData], fig_dir: str) -> dict | None:
     """Fig. 15: training error (dashed: the logged rows' means, training-mode BN) and test
     error (bold, eval mode) vs step of each `study.variants` run and the grid runs of its
-    depth, norm and seed; one panel per seed, the first norm (BN first); a colour per label."""
+    depth, norm and seed; one panel per seed, the first norm (BN first); plain red, ResNet
+    blue, a colour per variant label."""
     variants = [r for r in runs if r.spec.variant is not None and r.rows]
     if not variants:
         return None
@@ -512,12 +513,18 @@ def figure_variants(runs: list[RunData], fig_dir: str) -> dict | None:
             and (r.spec.depth, r.spec.seed) in keys]  # fmt: skip
     drawn = sorted(grid, key=lambda r: r.spec.residual) + variants
     seeds = sorted({r.spec.seed for r in drawn})
-    labels = list(dict.fromkeys(r.spec.label for r in drawn))
+    # Grid nets as in the other figures (plain red, ResNet blue), a variant's label its own.
+    labels = list(dict.fromkeys(r.spec.label for r in variants))
+    palette = ('tab:green', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive')
     fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4.2), squeeze=False)
     numbers = {}
     for ax, seed in zip(axes[0], seeds):
         for r in (r for r in drawn if r.spec.seed == seed):
-            c = f'C{labels.index(r.spec.label) % 10}'
+            c = (
+                palette[labels.index(r.spec.label) % len(palette)]
+                if r.spec.variant
+                else KIND_COLORS[r.spec.residual]
+            )
             st, tr = r.series('train/accuracy')
             se, te = r.series('eval/accuracy')
             ax.plot(st, 100 * (1 - tr), '--', color=c, lw=0.8)

@@ -122,7 +122,8 @@ def question_shortcut(ev: Evidence) -> Claim | str | None:
         word = {1: 'below', -1: 'above', 0: 'within the margin or spread of'}[closes[kind]]
         text += (
             f'{runs[0].spec.label}: {v.show(pct)}, {word} the midpoint {mid.show(pct)}'
-            + (f'; it closes {_share(closure)} of the gap' if closure else '')
+            # Without a gap its closure is a ratio of noise: not shown.
+            + (f'; it closes {_share(closure)} of the gap' if closure and plain_worse else '')
             + '. '
         )
         nums[f'dirac_{kind}'] = {
