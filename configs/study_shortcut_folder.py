@@ -10,7 +10,9 @@ and ResNet-56 (the grid), then their `study.variants`: plain-56 with Dirac-param
 with its shortcut scaled by 0.5 (`model.shortcut_scale=0.5`): 10 runs. The finding
 `question_shortcut` compares each Dirac net's final test error with the midpoint of plain-56's
 and ResNet-56's of its seed, and says which answer the runs support: the identity as the zero
-of the parametrisation, the starting point, or the explicit paths.
+of the parametrisation, the starting point, or the explicit paths. A difference counts beyond
+`study.degradation_margin` = 0.03 (study_cifar10_folder.py's; a 10,000-image test error has a
+sampling spread of about 0.5 points) and the seed spread.
 
 What is reduced, so that the 10 runs fit about 90 minutes here (a depth-56 step at width 0.5
 takes ~1.2 s: 10 x 400 steps ~ 80 minutes, plus the evaluations and probes): 400 steps a run
