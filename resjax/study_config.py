@@ -32,6 +32,11 @@ def default_study_config() -> ml_collections.ConfigDict:
     # (0.001, 0.01, 0.1).
     s.constructed_lrs = ()
     s.constructed_steps = 200
+    # Model variants: '<tag>: <selector> -> <key>=<value> ...', e.g. 'diracparam: depth=56
+    # residual=false -> model.dirac=param': for each grid run the selector matches, one more
+    # run with its config and these assignments (run plain56_bn_diracparam_s0), trained after
+    # the grid; no grid point (findings and figures 1-4 do not average it).
+    s.variants = ()
     # Degradation (He et al. 2015) is "reproduced" when the deepest plain net's final training
     # error exceeds the shallowest's by more than this (absolute, fraction of examples).
     s.degradation_margin = 0.005
@@ -63,7 +68,10 @@ def inspection_settings(inspect: ml_collections.ConfigDict) -> dict:
 
 def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:
     """The `smoke` argument of a study config: two small depths (a constructed entry becomes
-    '8->14'), one seed, tiny inspection, a sweep of at most 10 steps a run."""
+    '8->14'; a variant's selector term `depth=` the smoke depth of the same rank: the grid's
+    deepest depth 14, any other 8), one seed, tiny inspection, a sweep of at most 10 steps a
+    run."""
+    s.variants = tuple(_smoke_variant(text, max(s.depths)) for text in s.variants)
     s.depths = (8, 14)
     s.exclude = ()
     # A constructed entry names the full grid's depths: at the smoke depths it is '8->14'.
@@ -77,3 +85,15 @@ def shrink_for_smoke(s: ml_collections.ConfigDict) -> None:
     s.inspect.grid = 5
     s.inspect.chunk = 25
     s.constructed_steps = min(s.constructed_steps, 10)
+
+
+def _smoke_variant(text: str, deepest: int) -> str:
+    """A `study.variants` entry with its selector's `depth=<d>` term at the smoke depths (14 if
+    d is the grid's deepest depth, else 8); the rest as it was."""
+    left, sep, right = text.partition('->')
+    tag, colon, selector = left.rpartition(':')
+    terms = [
+        (f'depth={14 if t == f"depth={deepest}" else 8}' if t.startswith('depth=') else t)
+        for t in selector.split()
+    ]
+    return f'{tag}{colon} {" ".join(terms)} {sep}{right}' if sep else text

@@ -398,3 +398,121 @@ def test_places_reports_linear_mode_connectivity_beside_the_verdict():
     assert claim.numbers['lmc_connected'] == ['ResNet-8']
     assert 'one linearly connected basin' in claim.text
     assert 'not measured' in _places(init).text
+
+
+# ---------------------------------------------------------------------------------------------
+# question_shortcut: the Dirac-parametrised and Dirac-initialised plain nets against the
+# midpoint of the plain/ResNet pair, and the scaled shortcut against the ResNet.
+
+SHORTCUT_VARIANTS = (
+    'diracparam: residual=false -> model.dirac=param',
+    'diracinit: residual=false -> model.dirac=init',
+    'shortcut0.5: residual=true -> model.shortcut_scale=0.5',
+)
+
+
+def _shortcut_evidence(errors, seeds=(0,), variants=SHORTCUT_VARIANTS):
+    """Evidence of the tiny study at depth 8 with `variants`: every run finished, with a
+    probe row at step 0 and a final test error of `errors[kind]` (a number, or one per seed),
+    kind 'plain', 'resnet', or a variant's tag."""
+    spec = importlib.util.spec_from_file_location('tiny_config', TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    s = config.study
+    s.depths, s.seeds, s.exclude, s.constructed, s.overrides = (8,), seeds, (), (), ()
+    s.variants = variants
+    runs = []
+    for run in study.expand_grid(config, '/nonexistent'):
+        kind = run.variant or ('resnet' if run.residual else 'plain')
+        e = errors[kind]
+        e = e[seeds.index(run.seed)] if isinstance(e, tuple) else e
+        steps = run.config.train.steps
+        probe = {'step': 0, 'grad_norm/global': 1.0, 'grad_norm/000_stem/conv': 1.0,
+                 'act_grad_norm/000_stem/conv': 1.0, 'act_std/000_stem/conv': 1.0}  # fmt: skip
+        rows = [probe, {'step': steps, 'train/accuracy': 1 - e},
+                {'step': steps, 'eval/accuracy': 1 - e}]  # fmt: skip
+        runs.append(RunData(run, 'finished', rows))
+    return Evidence(config.study, runs, {})
+
+
+def _shortcut(errors, **kw):
+    claim = _compute('question_shortcut', _shortcut_evidence(errors, **kw))
+    assert not isinstance(claim, str), claim
+    return claim
+
+
+# Plain 40%, ResNet 20%: the midpoint is 30%; a variant at 22% closes most of the gap.
+SHORTCUT_PAIR = {'plain': 0.4, 'resnet': 0.2, 'shortcut0.5': 0.25}
+
+
+@pytest.mark.parametrize(
+    'param, init, want',
+    [
+        (0.22, 0.38, 'the zero of the parametrisation matters'),
+        (0.38, 0.22, 'the starting point matters'),
+        (0.22, 0.22, 'the starting point matters'),
+        (0.38, 0.38, 'the explicit paths matter'),
+        (0.30, 0.38, 'undecided'),  # Dirac-param at the midpoint
+    ],
+)
+def test_shortcut_gives_each_verdict(param, init, want):
+    claim = _shortcut({**SHORTCUT_PAIR, 'diracparam': param, 'diracinit': init})
+    assert claim.verdict == want + '; provisional: one seed'
+    assert claim.rule == findings.shortcut.SHORTCUT_RULE  # fixed before the numbers
+    assert 'plain-8 40.00%, ResNet-8 20.00%' in claim.text  # the controls
+    assert claim.numbers['dirac_param']['closure'] == [pytest.approx((0.4 - param) / 0.2)]
+    assert 'plain-8 (Dirac param): ' in claim.text
+    assert ('closes it too' in claim.text) == (param == init == 0.22)
+    if want == 'undecided':
+        assert 'Dirac-parametrised net is within the margin or spread' in claim.text
+    # He et al. 2016's scaled shortcut: 25% against 20%, worse.
+    assert claim.numbers['shortcut_x0.5']['worse'] == 1
+    assert 'the runs agree with He et al. 2016' in claim.text
+
+
+def test_shortcut_no_gap_to_explain_and_two_seeds():
+    claim = _shortcut({**SHORTCUT_PAIR, 'plain': 0.2, 'diracparam': 0.2, 'diracinit': 0.3})
+    assert claim.verdict == 'undecided: no gap to explain; provisional: one seed'
+    assert 'of the gap' not in claim.text  # no closure of a gap that is not there
+    # Two seeds: the Dirac-param net is below the midpoint by more than its spread.
+    errors = {'plain': (0.40, 0.42), 'resnet': (0.20, 0.22), 'shortcut0.5': (0.21, 0.20),
+              'diracparam': (0.22, 0.25), 'diracinit': (0.38, 0.41)}  # fmt: skip
+    claim = _shortcut(errors, seeds=(0, 1))
+    assert claim.verdict == 'the zero of the parametrisation matters'  # not provisional
+    assert claim.numbers['dirac_param']['midpoint']['values'] == [0.3, pytest.approx(0.32)]
+    assert '(85% to 90% over 2 seeds) of the gap' in claim.text
+    assert claim.numbers['shortcut_x0.5']['worse'] == 0
+    assert 'cannot confirm He et al. 2016' in claim.text
+    # The seeds of the Dirac-init net straddle the midpoint's by more than the margin: undecided.
+    claim = _shortcut({**errors, 'diracinit': (0.25, 0.40)}, seeds=(0, 1))
+    assert claim.verdict == 'undecided'
+
+
+def test_shortcut_says_what_is_missing():
+    claim = _shortcut({**SHORTCUT_PAIR, 'diracparam': 0.22}, variants=SHORTCUT_VARIANTS[:1])
+    assert claim.verdict == 'undecided; provisional: one seed'
+    assert 'Dirac-initialised net is missing' in claim.text
+    assert 'No finished Dirac-initialised plain-8 (model.dirac=init) variant' in claim.text
+    # Picked by the model config, not the tag: a Dirac-init run tagged otherwise counts.
+    other = ('start: residual=false -> model.dirac=init', *SHORTCUT_VARIANTS[:1])
+    claim = _shortcut({**SHORTCUT_PAIR, 'start': 0.22, 'diracparam': 0.38}, variants=other)
+    assert claim.verdict.startswith('the starting point matters')
+    ev = _shortcut_evidence({**SHORTCUT_PAIR, 'diracparam': 0.2, 'diracinit': 0.2})
+    ev.runs = [r for r in ev.runs if r.spec.residual is False]  # no ResNet: not available
+    assert isinstance(_compute('question_shortcut', ev), str)
+    ev.study.variants = ()  # a study without variants cannot pose the question
+    assert _compute('question_shortcut', ev) is None
+
+
+def test_shortcut_figure_15_has_a_panel_per_seed(tmp_path):
+    from resjax.study import figures
+
+    errors = {**SHORTCUT_PAIR, 'diracparam': 0.22, 'diracinit': 0.38}
+    ev = _shortcut_evidence(errors, seeds=(0, 1))
+    fig = figures.figure_variants(ev.runs, str(tmp_path))
+    assert fig['width'] > 1.8 * fig['height']  # two panels side by side
+    numbers = json.load(open(fig['path'][: -len('.png')] + '.json'))
+    assert len(numbers) == 10  # plain, ResNet and three variants, each seed
+    assert numbers['plain8_bn_diracinit_s1']['test_error'] == [pytest.approx(0.38)]
+    assert figures.figure_variants([r for r in ev.runs if r.spec.group], str(tmp_path)) is None

@@ -78,6 +78,7 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
         assert s.config.probes.hessian_batch == 'fixed' and s.config.probes.every_steps > 0
         assert 'study' not in s.config
         assert s.workdir == os.path.join(str(tmp_path), 'runs', s.name)
+        assert s.variant is None and s.group == (s.depth, s.residual, s.norm)
     c10 = study.expand_grid(load_config('study_cifar10.py'), str(tmp_path))
     names = [s.name for s in c10]
     assert len(names) == 9 and 'resnet110_bn_s0' in names and 'plain110_bn_s0' not in names
@@ -85,12 +86,43 @@ def test_digits_grid_order_names_and_overrides(tmp_path):
     assert (r110.warmup, r110.warmup_steps) == ('constant', 400)
 
 
-@pytest.mark.parametrize('name', ['study_digits.py', 'study_cifar10.py', 'study_cifar10_folder.py'])
+@pytest.mark.parametrize(
+    'name',
+    ['study_digits.py', 'study_cifar10.py', 'study_cifar10_folder.py', 'study_shortcut_folder.py'],
+)
 def test_every_study_config_and_its_smoke_expand_to_a_grid(name, tmp_path):
     for arg in (None, 'smoke'):
         specs = study.expand_grid(load_config(name, arg), str(tmp_path))
         assert specs and all(s.config.train.steps > 0 for s in specs)
     assert {s.depth for s in specs} == {8, 14}  # The smoke grid, constructed runs included.
+
+
+def test_variants_are_runs_after_the_grid_and_no_grid_points(tmp_path):
+    specs = study.expand_grid(load_config('study_shortcut_folder.py'), str(tmp_path))
+    assert [s.name for s in specs] == [
+        'plain56_bn_s0', 'plain56_bn_s1', 'resnet56_bn_s0', 'resnet56_bn_s1',
+        'plain56_bn_diracparam_s0', 'plain56_bn_diracparam_s1',
+        'plain56_bn_diracinit_s0', 'plain56_bn_diracinit_s1',
+        'resnet56_bn_shortcut0.5_s0', 'resnet56_bn_shortcut0.5_s1',
+    ]  # fmt: skip
+    by_name = {s.name: s for s in specs}
+    want = {'diracparam': ('model.dirac', 'param', 'plain-56 (Dirac param)'),
+            'diracinit': ('model.dirac', 'init', 'plain-56 (Dirac init)'),
+            'shortcut0.5': ('model.shortcut_scale', 0.5, 'ResNet-56 (shortcut x0.5)')}  # fmt: skip
+    for v in specs[4:]:
+        key, value, label = want[v.variant]
+        run = by_name[v.name.replace(f'_{v.variant}', '')]
+        a, b = (study.grid._leaves(s.config.to_dict()) for s in (v, run))
+        assert {k for k in a if a[k] != b[k]} == {key} and a[key] == value
+        assert v.group is None and v.label == label and v.seed == run.seed
+    # No inspection figure takes a variant; findings' grid points do not hold one.
+    targets = study.grid.inspection_targets(specs)
+    assert not any(s.variant for t in targets.values() for s in t)
+    # At the smoke depths the selector's depth=56 is the deepest, 14.
+    smoke = study.expand_grid(load_config('study_shortcut_folder.py', 'smoke'), str(tmp_path))
+    assert [s.name for s in smoke if s.variant] == [
+        'plain14_bn_diracparam_s0', 'plain14_bn_diracinit_s0', 'resnet14_bn_shortcut0.5_s0'
+    ]  # fmt: skip
 
 
 def test_lmc_partners_share_the_init_and_stay_out_of_the_grid(tmp_path):
@@ -142,6 +174,21 @@ def test_lmc_partners_share_the_init_and_stay_out_of_the_grid(tmp_path):
         # An empty grid is refused like empty seeds, not an empty report.
         (lambda s: setattr(s, 'exclude', ('*',)), r"study.exclude=\('\*',\) leaves no run"),
         (lambda s: setattr(s, 'seeds', ()), r'study.seeds=\(\) must be a non-empty'),
+        (lambda s: setattr(s, 'variants', ('Dirac: * -> model.dirac=init',)), 'a tag of'),
+        (lambda s: setattr(s, 'variants', ('a: * -> seed=3',)), "sets \\['seed'\\]"),
+        (
+            lambda s: setattr(s, 'variants', ('a: * -> train.lr=1', 'a: * -> train.lr=2')),
+            r"repeats the tag\(s\) \['a'\]",
+        ),
+        (
+            lambda s: setattr(s, 'variants', ('a: depth=14 residual=true -> train.lr=1',)),
+            'matches no grid run',
+        ),
+        (
+            lambda s: setattr(s, 'variants', ('dp: residual=true -> model.dirac=param',)),
+            'run resnet8_bn_dp_s0: ',
+        ),
+        (lambda s: setattr(s, 'variants', ('a: * -> model.dirc=init',)), "entry 'a': study"),
     ],
 )
 def test_bad_study_config_is_one_line_error(tmp_path, edit, message):

@@ -21,6 +21,11 @@ A study config is an ordinary training config (the grid's *base*) plus `config.s
 - `study.lmc`: an LMC partner of each deepest plain and residual grid run of the first norm
   (`grid.barrier_targets`): same config and init, `data_seed` = seed + 1000, probes off; run
   `<name>_d<data_seed>`; figure 14 (`barriers`) measures the barrier between the two.
+- `study.variants`: model variants as runs, entries `'<tag>: <selector> -> <key>=<value> ...'`
+  (`'diracparam: depth=56 residual=false -> model.dirac=param'`; selector and assignments as
+  in `study.overrides`, tag `[a-z0-9][a-z0-9.]*`, once each): after the grid, for each grid
+  run the selector matches, its config with the assignments; run `plain56_bn_diracparam_s0`;
+  no grid point (`RunSpec.group` None); `findings.shortcut` reads them.
 - `study.degradation_margin`: the rule that decides "degradation reproduced" (`findings`).
 - `study.inspect`: sizes of the inspection figures (the inspection library's `Options`) and
   which of them to draw (`figures`).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import ml_collections
@@ -155,6 +156,10 @@ def validate_study_config(config: ml_collections.ConfigDict) -> None:
             )
     for text in s.exclude:
         parse_selector(text, f'study.exclude entry {text!r}')
+    tags = [parse_variant(text, config)[0] for text in s.variants]
+    repeated = sorted({t for t in tags if tags.count(t) > 1})
+    if repeated:
+        raise StudyError(f'study.variants repeats the tag(s) {repeated}; give each entry its own')
     _check_sweep(s)
 
 
@@ -196,3 +201,37 @@ def _check_inspection(inspect: ml_collections.ConfigDict) -> None:
         inspection.check_options(opts, probes, prefix='study.inspect.')
     except inspection.InspectError as e:
         raise StudyError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Model variants (`study.variants`): one more run of each grid run an entry selects.
+
+VARIANT_TAG = re.compile(r'[a-z0-9][a-z0-9.]*')
+# Keys a variant may not set: they are the grid point's, which the variant run shares.
+GRID_KEYS = ('model.depth', 'model.residual', 'model.norm', 'seed')
+
+
+def parse_variant(text: str, base: ml_collections.ConfigDict) -> tuple[str, Override]:
+    """Parses `'<tag>: <selector> -> key=value ...'` (e.g. `'diracparam: depth=56
+    residual=false -> model.dirac=param'`) into (tag, Override); the part after the tag is a
+    `study.overrides` entry (`parse_override`). The tag, lower-case letters, digits and dots
+    (no `_`: it names the run, `plain56_bn_diracparam_s0`), must start with a letter or digit."""
+    tag, sep, rest = text.partition(':')
+    tag = tag.strip()
+    if not sep or not VARIANT_TAG.fullmatch(tag):
+        raise StudyError(
+            f'study.variants entry {text!r}: use "<tag>: <selector> -> <key>=<value>" with a '
+            'tag of lower-case letters, digits and dots, e.g. "diracparam: depth=56 '
+            'residual=false -> model.dirac=param"'
+        )
+    try:
+        override = parse_override(rest.strip(), base)
+    except StudyError as e:  # Its message names the entry as an override: say whose it is.
+        raise StudyError(f'study.variants entry {tag!r}: {e}') from None
+    grid = sorted(k for k in override.assignments if k in GRID_KEYS)
+    if grid:
+        raise StudyError(
+            f"study.variants entry {text!r} sets {grid}, which are the grid point's; set the "
+            'grid (study.depths, study.residual, study.norms, study.seeds) instead'
+        )
+    return tag, override

@@ -239,8 +239,9 @@ def inspection_figure(workdir: str, figure: str) -> tuple[dict | None, dict | No
 
 
 def _question_runs(runs: list[RunData]) -> list[RunData]:
-    """The first norm's and seed's runs with probe rows: grid nets, then constructed ones."""
-    runs = [r for r in runs if r.probe_rows() and r.spec.lr is None]  # Not the sweep's runs.
+    """The first norm's and seed's runs with probe rows: grid nets, then constructed ones (not
+    the sweep's runs, nor the `study.variants` runs, which the shortcut finding reads)."""
+    runs = [r for r in runs if r.probe_rows() and r.spec.lr is None and r.spec.variant is None]
     if not runs:
         return []
     norm, seed = _norms(runs)[0], min(r.spec.seed for r in runs)
@@ -491,3 +492,54 @@ def figure_sweep(sweep: list[dict], fig_dir: str) -> dict | None:
         ax.set_ylim(0, min(100, max(5.0, 1.15 * top)))
     fig.tight_layout()
     return _save(fig, fig_dir, 'fig13_sweep', numbers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 15: the `study.variants` runs beside the grid runs of their depth, norm and seed.
+
+
+def figure_variants(runs: list[RunData], fig_dir: str) -> dict | None:
+    """Fig. 15: training error (dashed: the logged rows' means, training-mode BN) and test
+    error (bold, eval mode) vs step of each `study.variants` run and the grid runs of its
+    depth, norm and seed; one panel per seed, the first norm (BN first); plain red, ResNet
+    blue, a colour per variant label."""
+    variants = [r for r in runs if r.spec.variant is not None and r.rows]
+    if not variants:
+        return None
+    norm = _norms(variants)[0]
+    variants = [r for r in variants if r.spec.norm == norm]
+    keys = {(r.spec.depth, r.spec.seed) for r in variants}
+    grid = [r for r in runs if r.spec.group and r.rows and r.spec.norm == norm
+            and (r.spec.depth, r.spec.seed) in keys]  # fmt: skip
+    drawn = sorted(grid, key=lambda r: r.spec.residual) + variants
+    seeds = sorted({r.spec.seed for r in drawn})
+    # Grid nets as in the other figures (plain red, ResNet blue), a variant's label its own.
+    labels = list(dict.fromkeys(r.spec.label for r in variants))
+    palette = ('tab:green', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive')
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4.2), squeeze=False)
+    numbers = {}
+    for ax, seed in zip(axes[0], seeds):
+        for r in (r for r in drawn if r.spec.seed == seed):
+            c = (
+                palette[labels.index(r.spec.label) % len(palette)]
+                if r.spec.variant
+                else KIND_COLORS[r.spec.residual]
+            )
+            st, tr = r.series('train/accuracy')
+            se, te = r.series('eval/accuracy')
+            ax.plot(st, 100 * (1 - tr), '--', color=c, lw=0.8)
+            ax.plot(se, 100 * (1 - te), '-', marker='o', color=c, lw=2, label=r.spec.label)
+            numbers[r.spec.name] = {
+                'train_steps': st.tolist(),
+                'train_error': (1 - tr).tolist(),
+                'test_steps': se.tolist(),
+                'test_error': (1 - te).tolist(),
+            }
+        ax.set_title(f'seed {seed}, {norm_title(norm)}', fontsize=10)
+        ax.set_xlabel('step')
+        ax.set_ylabel('error (%)')
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, title='bold: test, dashed: train', title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, fig_dir, 'fig15_variants', numbers)

@@ -19,6 +19,7 @@ from resjax.study.config import (
     parse_constructed,
     parse_override,
     parse_selector,
+    parse_variant,
     validate_study_config,
 )
 
@@ -43,6 +44,7 @@ class RunSpec:
     source: str | None = None  # A constructed run: the grid run it starts from.
     lr: float | None = None  # A `study.constructed_lrs` run: its constant learning rate.
     data_seed: int | None = None  # An LMC partner (`study.lmc`): its grid run's data_seed.
+    variant: str | None = None  # A `study.variants` run: its entry's tag.
 
     @property
     def label(self) -> str:
@@ -65,8 +67,8 @@ class RunSpec:
     @property
     def group(self) -> tuple[int, bool, str] | None:
         """The grid point without the seed: runs of one group are averaged in findings (None
-        for a constructed run or an LMC partner: neither is a grid point)."""
-        if self.source or self.data_seed is not None:
+        for a constructed run, an LMC partner or a variant: none is a grid point)."""
+        if self.source or self.data_seed is not None or self.variant is not None:
             return None
         return (self.depth, self.residual, self.norm)
 
@@ -78,19 +80,23 @@ def run_name(
     seed: int,
     source_depth: int = 0,
     lr: float | None = None,
+    variant: str | None = None,
 ) -> str:
     """`plain56_bn_s0`, `resnet20_nobn_s1`, `plain56from20_bn_s0` (constructed from plain-20),
-    `plain20from20_lr0.01_bn_s0` (a `study.constructed_lrs` run at lr 0.01): the run's
+    `plain20from20_lr0.01_bn_s0` (a `study.constructed_lrs` run at lr 0.01),
+    `plain56_bn_diracparam_s0` (the `study.variants` entry tagged diracparam): the run's
     directory under `<workdir>/runs/`."""
     kind = 'resnet' if residual else 'plain'
     built = f'from{source_depth}' if source_depth else ''
     at = f'_lr{lr:g}' if lr is not None else ''
-    return f'{kind}{depth}{built}{at}_{"bn" if norm == "batch" else "nobn"}_s{seed}'
+    tag = f'_{variant}' if variant else ''
+    return f'{kind}{depth}{built}{at}_{"bn" if norm == "batch" else "nobn"}{tag}_s{seed}'
 
 
 def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec]:
     """Every run of the study (the grid's product less `study.exclude`) in training order:
-    BN nets first (the paper's setting), then by depth, plain before residual, then seed. Each
+    BN nets first (the paper's setting), then by depth, plain before residual, then seed; then
+    the `study.variants` runs, then the constructed (or sweep) runs and the LMC partners. Each
     run's config is the base (without `study`) with the grid values and matching overrides
     applied, validated as a training config.
 
@@ -128,7 +134,7 @@ def expand_grid(config: ml_collections.ConfigDict, workdir: str) -> list[RunSpec
     built = (_sweep_specs if s.constructed_lrs else _constructed_specs)(
         s, base, overrides, specs, workdir
     )
-    return specs + built + _lmc_specs(s, specs, workdir)
+    return specs + _variant_specs(s, config, specs, workdir) + built + _lmc_specs(s, specs, workdir)
 
 
 def run_config(
@@ -239,7 +245,7 @@ def inspection_targets(specs: list[RunSpec], max_depth: int = 0) -> dict[str, li
         if s.norm == norm and s.seed == seed and (not max_depth or s.depth <= max_depth)
     ]
     built = [s for s in pool if s.source and s.lr is None]  # Not the sweep's short runs.
-    pool = [s for s in pool if not s.source and s.data_seed is None]
+    pool = [s for s in pool if s.group is not None]
     if not pool:
         return {}
     deepest = _deepest(pool)
@@ -469,4 +475,48 @@ def _lmc_specs(s: ml_collections.ConfigDict, grid: list[RunSpec], workdir: str) 
                 data_seed=c.data_seed,
             )  # fmt: skip
         )
+    return out
+
+
+# Model variants (`study.variants`): a grid run's config with an entry's assignments.
+
+
+def _variant_specs(
+    s: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    grid: list[RunSpec],
+    workdir: str,
+) -> list[RunSpec]:
+    """The `study.variants` runs, after the grid: for each entry (in order) and each grid run
+    its selector matches (in grid order), that run's config with the entry's assignments,
+    named `<grid name less _s<seed>>_<tag>_s<seed>`. Raises StudyError for an entry that
+    matches no grid run and for a variant config that cannot train (naming the run)."""
+    out = []
+    for text in s.variants:
+        tag, override = parse_variant(text, config)
+        matched = [g for g in grid if override.matches(g.depth, g.residual, g.norm, g.seed)]
+        if not matched:
+            raise StudyError(
+                f'study.variants entry {text!r} matches no grid run; fix its selector or the '
+                'grid (study.exclude, study.depths)'
+            )
+        for g in matched:
+            c = run_config(g.config.to_dict(), [override], g.depth, g.residual, g.norm, g.seed)
+            name = run_name(g.depth, g.residual, g.norm, g.seed, variant=tag)
+            try:
+                train.validate_config(c)
+            except train.ConfigError as e:
+                raise StudyError(f'run {name}: {e}') from None
+            out.append(
+                RunSpec(
+                    name,
+                    g.depth,
+                    g.residual,
+                    g.norm,
+                    g.seed,
+                    c.lock(),
+                    os.path.join(workdir, 'runs', name),
+                    variant=tag,
+                )  # fmt: skip
+            )
     return out

@@ -43,6 +43,7 @@ SECTIONS = {
     12: ('CKA between every pair of blocks, and block probes of the final nets', 'blocks'),
     13: ('The constructed solution as a controlled lr sweep', 'fig13_sweep'),
     14: ('Loss barriers: init to solution, and between two runs from one init', 'barriers'),
+    15: ('Model variants beside the grid nets of their depth and seed', 'fig15_variants'),
 }
 # Inspection figures: report number -> the inspection probe that draws it.
 INSPECTED = {5: 'spectrum', 6: 'landscape2d', 7: 'lesion', 12: 'blocks', 14: 'barriers'}
@@ -71,6 +72,8 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
         figures[11] = draw.figure_constructed(runs, fig_dir)
     if config.study.constructed_lrs:
         figures[13] = draw.figure_sweep(sweep_runs(config.study, runs), fig_dir)
+    if config.study.get('variants', ()):
+        figures[15] = draw.figure_variants(runs, fig_dir)
     inspection, targets = {}, inspection_targets(specs, config.study.inspect.max_depth)
     notes: dict[int, str] = {}  # Why an inspection figure is left out or out of date.
     for number, name in INSPECTED.items():
@@ -179,6 +182,7 @@ def _report_blocks(config, runs, figures, findings, missing, notes, workdir) -> 
         f'Dataset {config.dataset.name}; grid: depths {list(s.depths)}{extra}, residual '
         f'{list(s.residual)}, norm {list(s.norms)}, seeds {list(s.seeds)}. Every run: {recipe}'
         + ''.join(f'; override "{o}"' for o in s.overrides)
+        + ''.join(f'; variant "{v}"' for v in s.get('variants', ()))
         + (
             f'; constructed-solution sweep ({", ".join(s.constructed)}): {s.constructed_steps} '
             f'steps at each constant lr {list(s.constructed_lrs)}, no warm-up'

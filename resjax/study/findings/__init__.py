@@ -8,11 +8,12 @@ None when the grid cannot pose the question (one depth only). Adding a finding i
 
 Modules: `base` (the framework and `compute_findings`), `paper` (findings 1-7, the papers'
 claims), `question` (the question's sub-questions), `sweep` (claim (b) from the constructed-solution
-sweep, `study.constructed_lrs`). Importing the package registers every
+sweep, `study.constructed_lrs`), `shortcut` (what the shortcut provides, from the
+`study.variants` runs). Importing the package registers every
 finding, `paper`'s first, in report order.
 """
 
-from resjax.study.findings import paper, question  # noqa: F401  (registers the findings)
+from resjax.study.findings import paper, question, shortcut  # noqa: F401  (registers them)
 from resjax.study.findings.base import (
     FINDINGS,
     Claim,
