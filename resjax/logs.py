@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging as std_logging
 import sys
 
-from absl import logging
+from absl import flags, logging
 
 
 def format_seconds(seconds: float) -> str:
@@ -14,6 +14,31 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 3600:
         return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
     return f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def flag_error_line(e: BaseException, argv: list[str]) -> str:
+    """A flag or config override error as one line (the scripts' exit-2 message).
+    ml_collections raises an unknown key as an AttributeError from a KeyError whose str is the
+    repr of a two-line message ("'stpes'", 'Did you mean "steps" ...'): that message is the
+    readable one, with the override named."""
+    key_errors = [x for x in (e, e.__cause__, e.__context__) if isinstance(x, KeyError)]
+    if key_errors and key_errors[0].args:
+        key, *hint = [x.strip() for x in str(key_errors[0].args[0]).splitlines() if x.strip()]
+        where = [a.split('=')[0] for a in argv if a.startswith('--config.') and key.strip("'") in a]
+        named = f'{key} is not a config key' + (f' ({where[0]})' if where else '')
+        return '. '.join([named, *hint])
+    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return message.removeprefix('ValueError: ')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser of the global FLAGS (`app.run(main, flags_parser=parse_flags)`), but a bad
+    flag or config override (`--config.key=value`) is one line on stderr and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f'error: bad flag or config override: {flag_error_line(e, argv)}', file=sys.stderr)
+        sys.exit(2)
 
 
 def quiet_logs(orbax_min_level: int = std_logging.WARNING) -> None:

@@ -10,20 +10,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from resjax import logs
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Required. configs/identity.py[:smoke].')
 flags.DEFINE_string('workdir', None, 'Required. Directory for identity.json and identity.png.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag or config override is one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f'error: bad flag or config override: {message}', file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv):
@@ -49,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=logs.parse_flags)

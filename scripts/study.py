@@ -46,16 +46,6 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag or unknown config key is one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f'error: bad flag or config override: {message}', file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
     if len(argv) > 1:
         print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
@@ -126,4 +116,4 @@ def list_runs(config) -> None:
 
 
 if __name__ == '__main__':
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=logs.parse_flags)

@@ -67,20 +67,6 @@ def _config_keys_help() -> str:
     return '\n'.join(['', head, *keys(config_lib.default_config())])
 
 
-def _one_line(e: BaseException, argv: list[str]) -> str:
-    """A flag or override error as one line. ml_collections raises an unknown key as an
-    AttributeError from a KeyError whose str is the repr of a two-line message ("'stpes'",
-    'Did you mean "steps" ...'): that message is the readable one, with the override named."""
-    key_errors = [x for x in (e, e.__cause__, e.__context__) if isinstance(x, KeyError)]
-    if key_errors and key_errors[0].args:
-        key, *hint = [x.strip() for x in str(key_errors[0].args[0]).splitlines() if x.strip()]
-        where = [a.split('=')[0] for a in argv if a.startswith('--config.') and key.strip("'") in a]
-        named = f'{key} is not a config key' + (f' ({where[0]})' if where else '')
-        return '. '.join([named, *hint])
-    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    return message.removeprefix('ValueError: ')
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but `--help` exits 0, and a bad flag, unknown config key or broken config
     file is one line and exit code 2."""
@@ -94,7 +80,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except SyntaxError as e:
         print(f'error: config file {e.filename} line {e.lineno}: {e.msg}', file=sys.stderr)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = _one_line(e, argv)
+        message = logs.flag_error_line(e, argv)
         print(
             f'error: bad flag or config override: {message} (config keys: --help)',
             file=sys.stderr,
