@@ -5,6 +5,7 @@ Writes W/identity.json (every number, the predictions and the rule) and W/identi
 prints the rule and its verdict. Exit code 2 for a bad flag, config or source (one line).
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags
@@ -23,6 +24,8 @@ def main(argv):
         print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
         sys.exit(2)
     from resjax import identity, runs  # JAX and matplotlib: after the flags.
+
+    logs.quiet_logs(std_logging.ERROR)  # orbax's read-only manager warns on every load.
 
     try:
         config = FLAGS.config
