@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import logging  # noqa: E402
 
 from resjax import construct, data, models, runs  # noqa: E402
 from resjax.models import resnet  # noqa: E402
@@ -416,8 +418,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows, measured = [], None
     for kind in c.stacks:
         for depth in c.depths:
+            start = time.perf_counter()
             r = train_stack(kind, depth, x, x_test, ys, c.lrs, c.seeds, c.steps, c.batch,
                             c.eval_every)  # fmt: skip
+            logging.info('%s x%d: %d runs trained in %.0f s', kind, depth, len(r['runs']),
+                         time.perf_counter() - start)  # fmt: skip
             measured = r['steps']
             rows += [{'stack': kind, 'depth': depth, **row} for row in r['runs']]
     result = {
