@@ -371,12 +371,22 @@ def best_errors(rows: list[dict], kind: str, depth: int, target: str) -> dict[in
 
 def summary(rows: list[dict]) -> dict[str, str]:
     """{'<stack> x<depth> <target>': final training error at the best lr, 'm (lo to hi over n
-    seeds)'} for every stack, depth and target of the rows."""
-    keys = dict.fromkeys((r['stack'], r['depth'], r['target']) for r in rows)
-    return {
-        f'{k} x{d} {t}': seeds_of(best_errors(rows, k, d, t).values()).show(lambda v: f'{v:.3g}')
-        for k, d, t in keys
-    }
+    seeds)'} for every stack, depth and target of the rows; for plain stacks also
+    '... off-Dirac': the off-Dirac fraction at step 0 and at the end of those best runs (mean
+    over seeds)."""
+    out = {}
+    for k, d, t in dict.fromkeys((r['stack'], r['depth'], r['target']) for r in rows):
+        best = best_errors(rows, k, d, t)
+        out[f'{k} x{d} {t}'] = seeds_of(best.values()).show(lambda v: f'{v:.3g}')
+        chosen = [
+            r for r in rows
+            if (r['stack'], r['depth'], r['target']) == (k, d, t) and 'off_dirac' in r
+            and (r['train'][-1] == best[r['seed']] or not np.isfinite(best[r['seed']]))
+        ]  # fmt: skip
+        if chosen:
+            start, end = np.mean([r['off_dirac'] for r in chosen], 0)
+            out[f'{k} x{d} {t} off-Dirac'] = f'{start:.3f} -> {end:.3f}'
+    return out
 
 
 def verdict(rows: list[dict], depth: int) -> dict:

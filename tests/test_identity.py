@@ -164,9 +164,14 @@ def test_run_experiment_writes_every_number_and_the_figure(tmp_path):
     assert saved['finding'] == out['finding'] and saved['rule'] == identity.RULE
     assert len(saved['runs']) == 2 * 3 and saved['steps'] == [0, 2, 4]
     assert out['finding']['verdict'].endswith('provisional: one seed')
-    assert len(saved['summary']) == 6
+    assert len(saved['summary']) == 6 + 3  # And the plain stack's off-Dirac fractions.
+    assert saved['summary']['plain x1 random off-Dirac'] == '{:.3f} -> {:.3f}'.format(
+        *next(r for r in saved['runs'] if (r['stack'], r['target']) == ('plain', 'random'))[
+            'off_dirac'
+        ]
+    )
     row = next(r for r in saved['runs'] if (r['stack'], r['target']) == ('plain', 'random'))
-    assert saved['summary']['plain x1 random'] == f"{row['train'][-1]:.3g}"  # One lr, one seed.
+    assert saved['summary']['plain x1 random'] == f'{row["train"][-1]:.3g}'  # One lr, one seed.
 
 
 def test_script_refuses_bad_settings_in_one_line(tmp_path):
