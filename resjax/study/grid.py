@@ -462,19 +462,7 @@ def _lmc_specs(s: ml_collections.ConfigDict, grid: list[RunSpec], workdir: str) 
         c.data_seed = g.seed + LMC_DATA_SEED_OFFSET
         c.probes.every_steps = c.probes.hessian_every_steps = 0
         c.probes.init_angle_every_steps = 0
-        name = f'{g.name}_d{c.data_seed}'
-        out.append(
-            RunSpec(
-                name,
-                g.depth,
-                g.residual,
-                g.norm,
-                g.seed,
-                c.lock(),
-                os.path.join(workdir, 'runs', name),
-                data_seed=c.data_seed,
-            )  # fmt: skip
-        )
+        out.append(_derived(g, f'{g.name}_d{c.data_seed}', c, workdir, data_seed=c.data_seed))
     return out
 
 
@@ -507,16 +495,16 @@ def _variant_specs(
                 train.validate_config(c)
             except train.ConfigError as e:
                 raise StudyError(f'run {name}: {e}') from None
-            out.append(
-                RunSpec(
-                    name,
-                    g.depth,
-                    g.residual,
-                    g.norm,
-                    g.seed,
-                    c.lock(),
-                    os.path.join(workdir, 'runs', name),
-                    variant=tag,
-                )  # fmt: skip
-            )
+            out.append(_derived(g, name, c, workdir, variant=tag))
     return out
+
+
+def _derived(
+    g: RunSpec, name: str, c: ml_collections.ConfigDict, workdir: str, **kwargs: Any
+) -> RunSpec:
+    """The RunSpec `name` with grid run `g`'s grid values, config `c` (locked) and the
+    workdir `<workdir>/runs/<name>`; `kwargs` set what makes it no grid point."""
+    return RunSpec(
+        name, g.depth, g.residual, g.norm, g.seed, c.lock(), os.path.join(workdir, 'runs', name),
+        **kwargs,
+    )  # fmt: skip
