@@ -220,13 +220,14 @@ def targets(x: np.ndarray, x_test: np.ndarray, delta: float, seed: int) -> dict:
     }
 
 
-def _relative_error(apply, variables, x, y, batch: int) -> jax.Array:
-    """sum((f(x) - y)^2) / sum(y^2) over every example, per vmapped combination."""
+def _relative_error(apply, variables, x, y, which, batch: int) -> jax.Array:
+    """sum((f(x) - y)^2) / sum(y^2) over every example, per vmapped combination; `y` holds one
+    array per target (a leading axis) and `which` each combination's target index."""
     err = 0.0
     for s in range(0, len(x), batch):
         f = apply(variables, x[s : s + batch])
-        err = err + jnp.sum(jnp.square(f - y[:, s : s + batch]), axis=(1, 2, 3, 4))
-    return err / jnp.sum(jnp.square(y), axis=(1, 2, 3, 4))
+        err = err + jnp.sum(jnp.square(f - y[:, s : s + batch][which]), axis=(1, 2, 3, 4))
+    return err / jnp.sum(jnp.square(y), axis=(1, 2, 3, 4))[which]
 
 
 def train_stack(
@@ -249,8 +250,12 @@ def train_stack(
     init = {s: init_stack(kind, depth, x, s) for s in seeds}
     variables = jax.tree.map(lambda *v: jnp.stack(v), *[init[s] for s, _, _ in combos])
     has_bn = 'batch_stats' in variables
-    y_train = jnp.stack([jnp.asarray(ys[t][0]) for _, t, _ in combos])
-    y_test = jnp.stack([jnp.asarray(ys[t][1]) for _, t, _ in combos])
+    # One device copy of each target and of x; each combination indexes its target.
+    names = list(ys)
+    which = jnp.asarray([names.index(t) for _, t, _ in combos])
+    y_train = jnp.stack([jnp.asarray(ys[t][0]) for t in names])
+    y_test = jnp.stack([jnp.asarray(ys[t][1]) for t in names])
+    x, x_test = jnp.asarray(x), jnp.asarray(x_test)
     lr = jnp.asarray([c[2] for c in combos], jnp.float32)
     net = Stack('plain' if kind == 'plain_dirac' else kind, depth)
     tx = optax.trace(decay=MOMENTUM)
@@ -276,8 +281,10 @@ def train_stack(
 
     def measure(variables):
         return (
-            np.asarray(_relative_error(apply, variables, fit, y_train[:, : len(fit)], batch)),
-            np.asarray(_relative_error(apply, variables, x_test, y_test, batch)),
+            np.asarray(
+                _relative_error(apply, variables, fit, y_train[:, : len(fit)], which, batch)
+            ),
+            np.asarray(_relative_error(apply, variables, x_test, y_test, which, batch)),
         )
 
     rng = np.random.default_rng(0)
@@ -293,7 +300,7 @@ def train_stack(
             order, pos = rng.permutation(len(x)), 0
         idx = order[pos : pos + batch]
         pos += batch
-        variables, opt_state = step(variables, opt_state, x[idx], y_train[:, idx], lr)
+        variables, opt_state = step(variables, opt_state, x[idx], y_train[:, idx][which], lr)
         if t % eval_every == 0 or t == steps:
             tr, te = measure(variables)
             measured.append(t)
