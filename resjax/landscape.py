@@ -179,7 +179,8 @@ def evaluate_points(
 
     Each batch's mean (`loss_fn`) is weighted by its example count over `batches` (batches
     without examples are skipped). Points run `chunk` at a time through one vmapped, jitted call
-    (the last chunk padded, so one compile per loss function, shapes and chunk serves all;
+    (at most `chunk` at a time, in as few equal chunks as that allows, the last padded, so one
+    compile per loss function, shapes and chunk size serves all;
     define `loss_fn` once: the compile cache keys on it); batches loop on the host. Logs
     progress with an ETA when `progress` names the run. With `state` (e.g. {'batch_stats':
     ...}) the loss is `loss_fn(params, batch, state)`, the same state at every point.
@@ -195,6 +196,9 @@ def evaluate_points(
         check_like(d, origin, f'direction {i}')
     coeffs = np.asarray(coeffs, np.float32).reshape(len(coeffs), len(directions))
     n = len(coeffs)
+    # As few chunks as `chunk` allows, each as small as they allow: 9 points in 2 chunks of 5
+    # pad 1 point, not 7.
+    chunk = -(-n // -(-n // chunk))
     padded = np.concatenate([coeffs, np.repeat(coeffs[-1:], (-n) % chunk, axis=0)])
     num_chunks = len(padded) // chunk
     chunks = []
