@@ -125,6 +125,17 @@ def test_variants_are_runs_after_the_grid_and_no_grid_points(tmp_path):
     ]  # fmt: skip
 
 
+def test_figure_4_is_awaited_only_when_a_grid_run_probes_sharpness(tmp_path):
+    # Nothing trained: every figure is missing, and figure 4 only where it will ever be drawn.
+    for name, awaited in (('study_cifar10_folder.py', True), ('study_shortcut_folder.py', False)):
+        config = load_config(name)
+        workdir = str(tmp_path / name)
+        result = study.report.write_report(config, study.expand_grid(config, workdir), workdir)
+        lines = [x for x in result['missing'] if x.startswith('figure ')]
+        assert any(x.startswith('figure 1 ') for x in lines)
+        assert any(x.startswith('figure 4 ') for x in lines) == awaited, name
+
+
 def test_lmc_partners_share_the_init_and_stay_out_of_the_grid(tmp_path):
     config = load_config('study_digits.py')
     config.study.seeds, config.study.lmc = (0, 1), True

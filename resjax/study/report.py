@@ -63,7 +63,12 @@ def write_report(config: ml_collections.ConfigDict, specs: list[RunSpec], workdi
         1: draw.figure_errors(grid, fig_dir),
         2: draw.figure_gradients(grid, fig_dir),
         3: draw.figure_responses(grid, fig_dir),
-        4: draw.figure_sharpness(grid, fig_dir),
+    }
+    # Figure 4 needs the sharpness probe: a study with it off in every grid run (e.g.
+    # configs/study_shortcut_folder.py) leaves it out rather than wait for it.
+    if any(r.spec.config.probes.hessian_every_steps > 0 for r in grid):
+        figures[4] = draw.figure_sharpness(grid, fig_dir)
+    figures |= {
         8: draw.figure_blocks(runs, fig_dir),
         9: draw.figure_cka(runs, fig_dir),
         10: draw.figure_distance(runs, fig_dir),
