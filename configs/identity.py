@@ -5,7 +5,12 @@ feature maps entering stage 2 of the digits ResNet-20 (16 channels of 8x8).
   python scripts/identity.py --config configs/identity.py --workdir runs/identity \
       --config.identity.source=runs/digits
 
-Any trained CIFAR-family run can be the source (its dataset and stage widths come with it).
+Any trained CIFAR-family run can be the source (its dataset and stage widths come with it),
+e.g. ResNet-56 of the image-folder study, at the settings that fit 2 CPU cores (`:cpu`):
+
+  python scripts/identity.py --config configs/identity.py:cpu --workdir runs/identity_c10f \
+      --config.identity.source=runs/study_c10f/runs/resnet56_bn_s0
+
 Without a source the features are those of a freshly initialised model of `model` on `dataset`
 (for a quick look, and the tests). Writes identity.json and identity.png to the workdir.
 """
@@ -35,10 +40,16 @@ def get_config(arg=None):
     c.steps = 400
     c.batch = 128
     c.eval_every = 25
-    if arg == 'smoke':
+    if arg == 'cpu':
+        # What fits about half an hour on 2 CPU cores with CIFAR features (8 channels of 32x32,
+        # width 0.5): one seed, fewer and smaller steps, fewer features. The depths, targets,
+        # stacks and lrs stay.
+        c.examples, c.eval_examples, c.seeds = 512, 256, (0,)
+        c.steps, c.batch, c.eval_every = 150, 32, 50
+    elif arg == 'smoke':
         config.model.width = 0.25
         c.examples, c.eval_examples = 256, 64
         c.depths, c.steps, c.batch, c.eval_every = (1, 2), 20, 32, 10
     elif arg:
-        raise ValueError(f'unknown config argument {arg!r}; the only one is smoke')
+        raise ValueError(f'unknown config argument {arg!r}: use cpu or smoke')
     return config

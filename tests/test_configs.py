@@ -36,14 +36,14 @@ def test_config_files_validate(path, arg):
         assert 'scripts/train.py --config configs/' + os.path.basename(path) in f.read()
 
 
-@pytest.mark.parametrize('arg', [None, 'smoke'])
+@pytest.mark.parametrize('arg', [None, 'cpu', 'smoke'])
 def test_identity_config_validates_and_smoke_shrinks_it(arg):
     from resjax import identity
 
     (path,) = IDENTITY
     config = load(path, arg)
     identity.validate_config(config)
-    if arg == 'smoke':
+    if arg:
         assert config.identity.steps < load(path).identity.steps
     with open(path) as f:
         assert 'scripts/identity.py --config configs/identity.py' in f.read()
