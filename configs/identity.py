@@ -41,9 +41,9 @@ def get_config(arg=None):
     c.batch = 128
     c.eval_every = 25
     if arg == 'cpu':
-        # What fits about half an hour on 2 CPU cores with CIFAR features (8 channels of 32x32,
-        # width 0.5): one seed, fewer and smaller steps, fewer features. The depths, targets,
-        # stacks and lrs stay.
+        # What a 2-core CPU can run with CIFAR features (8 channels of 32x32, width 0.5;
+        # docs/benchmarks.md): one seed, fewer and smaller steps, fewer features. The depths,
+        # targets, stacks and lrs stay.
         c.examples, c.eval_examples, c.seeds = 512, 256, (0,)
         c.steps, c.batch, c.eval_every = 150, 32, 50
     elif arg == 'smoke':
